@@ -1,0 +1,226 @@
+//! [`serve`]: the plugin's gRPC server, its registration, and its shutdown.
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use corral_proto::{
+    plugin::v1::{
+        self as pb,
+        invoke_event::Event,
+        plugin_server::{self, PluginServer},
+    },
+    supervisor::v1::{RegisterRequest, registry_client::RegistryClient},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+
+use crate::{
+    Error, Metadata,
+    task::{Inputs, PendingSteps, Task},
+};
+
+/// How long in-flight calls may run after SIGTERM before the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How many events a task may have in flight before its sends wait.
+const EVENT_BUFFER: usize = 16;
+
+/// A plugin: its metadata and what it does with a task.
+pub trait Plugin: Send + Sync + 'static {
+    /// Who the plugin is and what its form asks for. Called once at start.
+    fn metadata(&self) -> Metadata;
+
+    /// Runs one task. Return `Ok` for `SUCCESS`; an [`Error::task`] fails the task
+    /// with its message.
+    fn invoke(&self, task: Task, inputs: Inputs) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// An HTML fragment for the plugin's page, e.g. a visualization of the data
+    /// in `inputs`. Not implemented unless overridden.
+    fn render(&self, inputs: Inputs) -> impl Future<Output = Result<String, Error>> + Send {
+        let _ = inputs;
+        async { Err(Error::Unimplemented) }
+    }
+}
+
+/// Serves `plugin` until SIGTERM or Ctrl-C: starts its gRPC server (plugin
+/// service, health, reflection) on loopback, registers with the supervisor
+/// named in the environment, then shuts down gracefully.
+///
+/// Without `CORRAL_REGISTRY` in the environment the plugin runs on its own
+/// (for debugging with grpcurl) on `CORRAL_PLUGIN_LISTEN` (default
+/// `127.0.0.1:0`), and prints the address.
+pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
+    let metadata = plugin.metadata();
+    let listen: SocketAddr = std::env::var("CORRAL_PLUGIN_LISTEN")
+        .unwrap_or_else(|_| "127.0.0.1:0".into())
+        .parse()
+        .map_err(|error| Error::Environment(format!("invalid CORRAL_PLUGIN_LISTEN: {error}")))?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PluginServer<PluginService<P>>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) =
+        corral_proto::reflection_services(&["corral.plugin.v1.Plugin"])
+            .map_err(|error| Error::Environment(error.to_string()))?;
+    let service = PluginService {
+        plugin: Arc::new(plugin),
+        metadata: metadata.to_proto(),
+        steps: PendingSteps::default(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(PluginServer::new(service))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    println!("{} serving gRPC on {address}", metadata.identifier());
+
+    if let Ok(registry) = std::env::var("CORRAL_REGISTRY") {
+        register(&registry, address, &metadata).await?;
+    }
+
+    wait_for_signal().await?;
+    println!("{} shutting down", metadata.identifier());
+    health_reporter
+        .set_not_serving::<PluginServer<PluginService<P>>>()
+        .await;
+    shutdown.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(served)) => served.map_err(Error::from),
+        // A panicked server task or calls that outlived the grace: stop anyway.
+        Ok(Err(_)) | Err(_) => Ok(()),
+    }
+}
+
+async fn register(registry: &str, address: SocketAddr, metadata: &Metadata) -> Result<(), Error> {
+    let token = std::env::var("CORRAL_PLUGIN_TOKEN").map_err(|_| {
+        Error::Environment("CORRAL_REGISTRY is set but CORRAL_PLUGIN_TOKEN is not".into())
+    })?;
+    let mut client = RegistryClient::connect(registry.to_owned()).await?;
+    let mut request = Request::new(RegisterRequest {
+        token,
+        protocol_version: corral_proto::PROTOCOL_VERSION,
+        address: address.to_string(),
+        metadata: Some(metadata.to_proto()),
+    });
+    request.set_timeout(Duration::from_secs(10));
+    client
+        .register(request)
+        .await
+        .map_err(Error::Registration)?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+struct PluginService<P> {
+    plugin: Arc<P>,
+    metadata: pb::PluginMetadata,
+    steps: PendingSteps,
+}
+
+#[tonic::async_trait]
+impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
+    async fn get_metadata(
+        &self,
+        _request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::PluginMetadata>, Status> {
+        Ok(Response::new(self.metadata.clone()))
+    }
+
+    type InvokeStream = ReceiverStream<Result<pb::InvokeEvent, Status>>;
+
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<Self::InvokeStream>, Status> {
+        let request = request.into_inner();
+        if request.task_id.is_empty() {
+            return Err(Status::invalid_argument("task_id must not be empty"));
+        }
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let task = Task::new(request.task_id, events.clone(), self.steps.clone());
+        let plugin = self.plugin.clone();
+        let inputs = Inputs::from(request.inputs);
+        tokio::spawn(async move {
+            let mut run = tokio::spawn(async move { plugin.invoke(task, inputs).await });
+            let outcome = tokio::select! {
+                outcome = &mut run => outcome,
+                () = events.closed() => {
+                    run.abort();
+                    return;
+                }
+            };
+            let terminal = match outcome {
+                Ok(Ok(())) => Event::Result(pb::TaskResult {}),
+                Ok(Err(Error::Cancelled)) => return,
+                Ok(Err(error)) => Event::Error(pb::TaskError {
+                    message: error.to_string(),
+                }),
+                Err(join_error) if join_error.is_panic() => Event::Error(pb::TaskError {
+                    message: "the plugin panicked while running the task".into(),
+                }),
+                Err(_) => return,
+            };
+            let _ = events
+                .send(Ok(pb::InvokeEvent {
+                    event: Some(terminal),
+                }))
+                .await;
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn submit_step(
+        &self,
+        request: Request<pb::SubmitStepRequest>,
+    ) -> Result<Response<pb::SubmitStepResponse>, Status> {
+        let request = request.into_inner();
+        let waiting = self
+            .steps
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&(request.task_id.clone(), request.step_id.clone()));
+        let Some(deliver) = waiting else {
+            return Err(Status::not_found(format!(
+                "no task `{}` waits for step `{}`",
+                request.task_id, request.step_id
+            )));
+        };
+        deliver
+            .send(Inputs::from(request.inputs))
+            .map_err(|_| Status::not_found("the task ended before the step was submitted"))?;
+        Ok(Response::new(pb::SubmitStepResponse {}))
+    }
+
+    async fn render(
+        &self,
+        request: Request<pb::RenderRequest>,
+    ) -> Result<Response<pb::RenderResponse>, Status> {
+        let inputs: HashMap<String, String> = request.into_inner().inputs;
+        match self.plugin.render(Inputs::from(inputs)).await {
+            Ok(html) => Ok(Response::new(pb::RenderResponse { html })),
+            Err(Error::Unimplemented) => {
+                Err(Status::unimplemented("this plugin has no rendered view"))
+            }
+            Err(error) => Err(Status::invalid_argument(error.to_string())),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Binds the supervisor's gRPC port, starts the plugins, serves until shutdown.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use corral_proto::supervisor::v1::{admin_server::AdminServer, registry_server::RegistryServer};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{service::SupervisorService, supervisor::Supervisor};
+
+/// What `corral supervisor` is configured with.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Where the registry, admin, health and reflection services listen.
+    pub grpc: SocketAddr,
+    /// Folders whose direct subfolders with a `plugin.toml` are plugins.
+    pub plugin_folders: Vec<PathBuf>,
+}
+
+/// Why the supervisor could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC address could not be bound.
+    #[error("failed to listen on {address}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plugin folder could not be read.
+    #[error("failed to read the plugin folders")]
+    PluginFolders(#[source] std::io::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("failed to build the reflection service")]
+    Reflection(#[source] corral_proto::ReflectionError),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Two-stage shutdown: `graceful` stops the plugins with their grace period;
+/// `immediate` (a second Ctrl-C) kills what is left.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop taking work, stop plugins gracefully.
+    pub graceful: CancellationToken,
+    /// Skip the grace periods.
+    pub immediate: CancellationToken,
+}
+
+/// A supervisor whose port is bound and whose plugins are starting.
+pub struct RunningSupervisor {
+    local_addr: SocketAddr,
+    incoming: TcpIncoming,
+    supervisor: Arc<Supervisor>,
+}
+
+impl RunningSupervisor {
+    /// Binds `config.grpc` and starts every plugin found in the plugin folders.
+    pub async fn start(config: &SupervisorConfig) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(config.grpc)
+            .await
+            .map_err(|source| ServeError::Bind {
+                address: config.grpc,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            address: config.grpc,
+            source,
+        })?;
+        let registry = registry_url(local_addr);
+        let supervisor = Arc::new(
+            Supervisor::start(&config.plugin_folders, registry)
+                .map_err(ServeError::PluginFolders)?,
+        );
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        Ok(Self {
+            local_addr,
+            incoming,
+            supervisor,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The plugins, for an in-process gateway.
+    pub fn supervisor(&self) -> Arc<Supervisor> {
+        self.supervisor.clone()
+    }
+
+    /// Serves until `shutdown.graceful`, then stops every plugin.
+    pub async fn serve(self, shutdown: Shutdown) -> Result<(), ServeError> {
+        let (reflection_v1, reflection_v1alpha) = corral_proto::reflection_services(&[
+            "corral.supervisor.v1.Registry",
+            "corral.supervisor.v1.Admin",
+        ])
+        .map_err(ServeError::Reflection)?;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<RegistryServer<SupervisorService>>()
+            .await;
+        health_reporter
+            .set_serving::<AdminServer<SupervisorService>>()
+            .await;
+        let service = SupervisorService::new(self.supervisor.clone());
+        let supervisor = self.supervisor.clone();
+        let immediate = shutdown.immediate.clone();
+        let force_on_second_signal = tokio::spawn(async move {
+            immediate.cancelled().await;
+            supervisor.force_shutdown();
+        });
+        let graceful = shutdown.graceful.clone();
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(RegistryServer::new(service.clone()))
+            .add_service(AdminServer::new(service))
+            .serve_with_incoming_shutdown(self.incoming, graceful.cancelled_owned())
+            .await;
+        tracing::info!("stopping plugins");
+        self.supervisor.shutdown().await;
+        force_on_second_signal.abort();
+        served.map_err(ServeError::Transport)
+    }
+}
+
+/// The URL plugins dial: an unspecified bind address is reached on loopback.
+fn registry_url(local_addr: SocketAddr) -> String {
+    let mut address = local_addr;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{address}")
+}

@@ -1,0 +1,220 @@
+//! The gRPC services: `corral.supervisor.v1.Registry` and `corral.supervisor.v1.Admin`.
+
+use std::{pin::Pin, sync::Arc};
+
+use corral_proto::supervisor::v1::{self as pb, admin_server::Admin, registry_server::Registry};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert,
+    error::SupervisorError,
+    lifecycle::RegisterRequest,
+    logs::{LogLine, LogStream},
+    supervisor::Supervisor,
+};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves both services over one [`Supervisor`].
+#[derive(Clone)]
+pub struct SupervisorService {
+    supervisor: Arc<Supervisor>,
+}
+
+impl SupervisorService {
+    /// Wraps a supervisor.
+    pub fn new(supervisor: Arc<Supervisor>) -> Self {
+        Self { supervisor }
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for SupervisorService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        if request.protocol_version != corral_proto::PROTOCOL_VERSION {
+            return Err(SupervisorError::ProtocolVersion {
+                requested: request.protocol_version,
+                supported: corral_proto::PROTOCOL_VERSION,
+            }
+            .into());
+        }
+        let metadata = request
+            .metadata
+            .ok_or_else(|| SupervisorError::InvalidMetadata("metadata is missing".into()))?;
+        let endpoint = endpoint(&request.address)
+            .ok_or_else(|| SupervisorError::InvalidAddress(request.address.clone()))?;
+        let (plugin, identifier) = self
+            .supervisor
+            .register(RegisterRequest {
+                token: request.token,
+                endpoint,
+                metadata,
+            })
+            .await?;
+        Ok(Response::new(pb::RegisterResponse { plugin, identifier }))
+    }
+}
+
+/// `host:port` or `http://host:port` → `http://host:port`.
+fn endpoint(address: &str) -> Option<String> {
+    let host_port = address.strip_prefix("http://").unwrap_or(address);
+    let (host, port) = host_port.rsplit_once(':')?;
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().ok()? == 0 {
+        return None;
+    }
+    Some(format!("http://{host_port}"))
+}
+
+#[tonic::async_trait]
+impl Admin for SupervisorService {
+    async fn list_plugins(
+        &self,
+        _request: Request<pb::ListPluginsRequest>,
+    ) -> Result<Response<pb::ListPluginsResponse>, Status> {
+        let plugins = self.supervisor.list().iter().map(convert::status).collect();
+        Ok(Response::new(pb::ListPluginsResponse { plugins }))
+    }
+
+    async fn get_plugin(
+        &self,
+        request: Request<pb::PluginRef>,
+    ) -> Result<Response<pb::PluginStatus>, Status> {
+        let snapshot = self.supervisor.get(&request.into_inner().plugin)?;
+        Ok(Response::new(convert::status(&snapshot)))
+    }
+
+    async fn start_plugin(
+        &self,
+        request: Request<pb::PluginRef>,
+    ) -> Result<Response<pb::PluginStatus>, Status> {
+        let snapshot = self
+            .supervisor
+            .start_plugin(&request.into_inner().plugin)
+            .await?;
+        Ok(Response::new(convert::status(&snapshot)))
+    }
+
+    async fn stop_plugin(
+        &self,
+        request: Request<pb::PluginRef>,
+    ) -> Result<Response<pb::PluginStatus>, Status> {
+        let snapshot = self
+            .supervisor
+            .stop_plugin(&request.into_inner().plugin)
+            .await?;
+        Ok(Response::new(convert::status(&snapshot)))
+    }
+
+    async fn restart_plugin(
+        &self,
+        request: Request<pb::PluginRef>,
+    ) -> Result<Response<pb::PluginStatus>, Status> {
+        let snapshot = self
+            .supervisor
+            .restart_plugin(&request.into_inner().plugin)
+            .await?;
+        Ok(Response::new(convert::status(&snapshot)))
+    }
+
+    type FollowLogsStream = BoxStream<pb::PluginLogLine>;
+
+    async fn follow_logs(
+        &self,
+        request: Request<pb::FollowLogsRequest>,
+    ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        let request = request.into_inner();
+        let plugin = self.supervisor.get(&request.plugin)?.name;
+        let (past, mut live) = self
+            .supervisor
+            .logs(&plugin, usize::try_from(request.tail).unwrap_or(usize::MAX))?;
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for line in &past {
+                if sender
+                    .send(Ok(convert::log_line(&plugin, line)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if !request.follow {
+                return;
+            }
+            loop {
+                let line = match live.recv().await {
+                    Ok(line) => line,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => LogLine {
+                        stream: LogStream::Supervisor,
+                        text: format!("[{missed} lines not sent: the reader fell behind]").into(),
+                        at: std::time::SystemTime::now(),
+                        pid: 0,
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if sender
+                    .send(Ok(convert::log_line(&plugin, &line)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type WatchPluginsStream = BoxStream<pb::PluginStatus>;
+
+    async fn watch_plugins(
+        &self,
+        _request: Request<pb::WatchPluginsRequest>,
+    ) -> Result<Response<Self::WatchPluginsStream>, Status> {
+        // Subscribe before reading the list, so no change falls in between.
+        let mut changes = self.supervisor.subscribe();
+        let supervisor = self.supervisor.clone();
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut pending = supervisor.list();
+            loop {
+                for snapshot in pending.drain(..) {
+                    if sender.send(Ok(convert::status(&snapshot))).await.is_err() {
+                        return;
+                    }
+                }
+                match changes.recv().await {
+                    Ok(snapshot) => pending.push(snapshot),
+                    // Fell behind: the whole list again is the truth.
+                    Err(broadcast::error::RecvError::Lagged(_)) => pending = supervisor.list(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_become_endpoints() {
+        assert_eq!(
+            super::endpoint("127.0.0.1:4000").as_deref(),
+            Some("http://127.0.0.1:4000")
+        );
+        assert_eq!(
+            super::endpoint("http://[::1]:4000").as_deref(),
+            Some("http://[::1]:4000")
+        );
+        assert_eq!(super::endpoint("nonsense"), None);
+        assert_eq!(super::endpoint("127.0.0.1:0"), None);
+        assert_eq!(super::endpoint(":80"), None);
+    }
+}
