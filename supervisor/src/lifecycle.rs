@@ -43,7 +43,7 @@ pub(crate) enum Command {
     Stop(oneshot::Sender<Result<(), SupervisorError>>),
     Restart(oneshot::Sender<Result<(), SupervisorError>>),
     Register {
-        registration: RegisterRequest,
+        registration: Box<RegisterRequest>,
         reply: oneshot::Sender<Result<String, SupervisorError>>,
     },
 }
@@ -323,7 +323,7 @@ impl PluginTask {
                 registration,
                 reply,
             } => {
-                let result = self.register(registration);
+                let result = self.register(*registration);
                 let _ = reply.send(result);
             }
         }
@@ -366,10 +366,10 @@ impl PluginTask {
     }
 
     fn set_after_stop(&mut self, action: AfterStop) {
-        if let Phase::Stopping { then, .. } = &mut self.phase {
-            if !matches!(then, AfterStop::Shutdown) {
-                *then = action;
-            }
+        if let Phase::Stopping { then, .. } = &mut self.phase
+            && !matches!(then, AfterStop::Shutdown)
+        {
+            *then = action;
         }
     }
 

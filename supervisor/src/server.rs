@@ -38,7 +38,13 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
+    /// The gRPC server task panicked.
+    #[error("the gRPC server panicked: {0}")]
+    Panicked(String),
 }
+
+/// How long open connections may take to close after a shutdown request.
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Two-stage shutdown: `graceful` stops the plugins with their grace period;
 /// `immediate` (a second Ctrl-C) kills what is left.
@@ -107,7 +113,7 @@ impl RunningSupervisor {
         health_reporter
             .set_serving::<AdminServer<SupervisorService>>()
             .await;
-        let service = SupervisorService::new(self.supervisor.clone());
+        let service = SupervisorService::new(self.supervisor.clone(), shutdown.graceful.clone());
         let supervisor = self.supervisor.clone();
         let immediate = shutdown.immediate.clone();
         let force_on_second_signal = tokio::spawn(async move {
@@ -115,18 +121,36 @@ impl RunningSupervisor {
             supervisor.force_shutdown();
         });
         let graceful = shutdown.graceful.clone();
-        let served = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(RegistryServer::new(service.clone()))
-            .add_service(AdminServer::new(service))
-            .serve_with_incoming_shutdown(self.incoming, graceful.cancelled_owned())
-            .await;
+        let mut server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(RegistryServer::new(service.clone()))
+                .add_service(AdminServer::new(service))
+                .serve_with_incoming_shutdown(self.incoming, graceful.clone().cancelled_owned()),
+        );
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = graceful.cancelled() => {
+                // A client that never acknowledges the end of its connection must not
+                // hold the shutdown up.
+                match tokio::time::timeout(SERVER_DRAIN, &mut server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
         tracing::info!("stopping plugins");
         self.supervisor.shutdown().await;
         force_on_second_signal.abort();
-        served.map_err(ServeError::Transport)
+        match served {
+            Ok(result) => result.map_err(ServeError::Transport),
+            Err(join_error) => Err(ServeError::Panicked(join_error.to_string())),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use corral_proto::supervisor::v1::{self as pb, admin_server::Admin, registry_ser
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -22,13 +23,36 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct SupervisorService {
     supervisor: Arc<Supervisor>,
+    closing: CancellationToken,
 }
 
 impl SupervisorService {
-    /// Wraps a supervisor.
-    pub fn new(supervisor: Arc<Supervisor>) -> Self {
-        Self { supervisor }
+    /// Wraps a supervisor. The open streams (logs, watch) end when `closing` is
+    /// cancelled, so they do not hold up a graceful shutdown.
+    pub fn new(supervisor: Arc<Supervisor>, closing: CancellationToken) -> Self {
+        Self {
+            supervisor,
+            closing,
+        }
     }
+}
+
+/// Streams `produce`'s items until it ends, the client goes away, or the server closes.
+fn stream_until_closed<T, F, Fut>(closing: CancellationToken, produce: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(64);
+    let produced = produce(sender);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = produced => {}
+            () = closing.cancelled() => {}
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
 }
 
 #[tonic::async_trait]
@@ -134,8 +158,7 @@ impl Admin for SupervisorService {
         let (past, mut live) = self
             .supervisor
             .logs(&plugin, usize::try_from(request.tail).unwrap_or(usize::MAX))?;
-        let (sender, receiver) = mpsc::channel(64);
-        tokio::spawn(async move {
+        let stream = stream_until_closed(self.closing.clone(), move |sender| async move {
             for line in &past {
                 if sender
                     .send(Ok(convert::log_line(&plugin, line)))
@@ -168,7 +191,7 @@ impl Admin for SupervisorService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(stream))
     }
 
     type WatchPluginsStream = BoxStream<pb::PluginStatus>;
@@ -180,8 +203,7 @@ impl Admin for SupervisorService {
         // Subscribe before reading the list, so no change falls in between.
         let mut changes = self.supervisor.subscribe();
         let supervisor = self.supervisor.clone();
-        let (sender, receiver) = mpsc::channel(64);
-        tokio::spawn(async move {
+        let stream = stream_until_closed(self.closing.clone(), move |sender| async move {
             let mut pending = supervisor.list();
             loop {
                 for snapshot in pending.drain(..) {
@@ -197,7 +219,7 @@ impl Admin for SupervisorService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(stream))
     }
 }
 

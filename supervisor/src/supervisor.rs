@@ -151,7 +151,7 @@ impl Supervisor {
         channels
             .commands
             .send(Command::Register {
-                registration,
+                registration: Box::new(registration),
                 reply,
             })
             .await

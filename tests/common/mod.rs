@@ -1,0 +1,291 @@
+//! Helpers for the end-to-end tests: start the real `corral` binary with real
+//! plugin processes, talk to it over real gRPC, wait for events with deadlines.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use corral_proto::supervisor::v1::{
+    PluginRef, PluginState, PluginStatus, WatchPluginsRequest, admin_client::AdminClient,
+};
+use tonic::transport::Channel;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The folder holding `corral` and the plugin binaries built with it.
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_corral"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A built binary beside `corral`; fails with how to build it.
+pub fn built(relative: &str) -> PathBuf {
+    let path = bin_dir().join(relative);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first with `cargo build --workspace --bins --examples` \
+         (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The reference plugins folder, checked to be runnable.
+pub fn reference_plugins() -> PathBuf {
+    for plugin in [
+        "corral-plugin-hello-world",
+        "corral-plugin-hello-world-multi-step",
+        "corral-plugin-file-upload",
+        "corral-plugin-json-visualization",
+    ] {
+        built(plugin);
+    }
+    let python = repo().join("plugins/csv-visualization/.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "the Python plugin's runtime is missing: run \
+         `python3 -m venv plugins/csv-visualization/.venv && \
+         plugins/csv-visualization/.venv/bin/pip install -r plugins/csv-visualization/requirements.txt`"
+    );
+    repo().join("plugins")
+}
+
+/// A folder of plugin folders made for one test.
+pub struct PluginFolders {
+    pub root: tempfile::TempDir,
+}
+
+impl PluginFolders {
+    pub fn new() -> Self {
+        Self {
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Adds a plugin folder `name` with `manifest` as its plugin.toml.
+    pub fn add(&self, name: &str, manifest: &str) -> &Self {
+        let folder = self.root.path().join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("plugin.toml"), manifest).unwrap();
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+/// A manifest running the `versioned` example plugin as `name` at `version`.
+pub fn versioned_manifest(name: &str, version: &str, extra: &str) -> String {
+    format!(
+        "command = {:?}\n{extra}\n[env]\nPLUGIN_NAME = {name:?}\nPLUGIN_VERSION = {version:?}\n",
+        built("examples/versioned").display().to_string()
+    )
+}
+
+/// A running `corral supervisor`, killed when dropped.
+pub struct Supervisor {
+    pub child: Child,
+    pub address: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Supervisor {
+    /// Starts `corral supervisor` on a free port with `folders`.
+    pub fn start(folders: &[&Path]) -> Self {
+        let joined = std::env::join_paths(folders).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["supervisor", "--grpc", "127.0.0.1:0", "--plugin-folders"])
+            .arg(&joined)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start corral");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (address_tx, address_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("corral supervisor: gRPC listening on ") {
+                    let _ = address_tx.send(address.to_owned());
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let reader = BufReader::new(child.stderr.take().unwrap());
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = address_rx
+            .recv_timeout(DEADLINE)
+            .expect("corral supervisor did not print its address");
+        Self {
+            child,
+            address,
+            stderr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(self.url()).await.unwrap()
+    }
+
+    /// What the supervisor logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `plugin`'s status satisfies `done`, following the watch
+    /// stream; fails with the last status seen after [`DEADLINE`].
+    pub async fn wait_for(
+        &self,
+        plugin: &str,
+        what: &str,
+        done: impl Fn(&PluginStatus) -> bool,
+    ) -> PluginStatus {
+        let mut admin = self.admin().await;
+        let mut stream = admin
+            .watch_plugins(WatchPluginsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(status))) if status.plugin == plugin => {
+                    if done(&status) {
+                        return status;
+                    }
+                    last = Some(status);
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(other) => {
+                    panic!("watch stream ended while waiting for {plugin} {what}: {other:?}")
+                }
+                Err(_) => panic!("{plugin} not {what} within {DEADLINE:?}; last status: {last:#?}"),
+            }
+        }
+    }
+
+    /// Waits until `plugin` is ready and returns its status.
+    pub async fn ready(&self, plugin: &str) -> PluginStatus {
+        self.wait_for(plugin, "ready", |status| {
+            status.state == PluginState::Ready as i32
+        })
+        .await
+    }
+
+    pub async fn status(&self, plugin: &str) -> PluginStatus {
+        self.admin()
+            .await
+            .get_plugin(PluginRef {
+                plugin: plugin.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Sends SIGTERM and waits for the exit, keeping this runtime's connections
+    /// to it serviced meanwhile.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corral did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    /// SIGKILL: the plugins die with it (parent-death signal). Tests of a graceful
+    /// stop call [`Supervisor::terminate`].
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is the state, fields[2] the process group.
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// Polls `condition` until it holds or [`DEADLINE`] passes (for facts that have
+/// no event, such as a process disappearing after its parent died).
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "not true within {DEADLINE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
