@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
+        // Output chunks stay reference-counted from the wire to the file store.
+        .bytes(".corral.plugin.v1.OutputChunk.data")
         .compile_fds(file_descriptors)?;
     Ok(())
 }

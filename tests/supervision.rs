@@ -317,3 +317,83 @@ async fn a_duplicate_identifier_is_refused_and_versions_run_side_by_side() {
     assert_eq!(supervisor.status("echo@v1-0-0").await.plugin, "echo-v1");
     assert_eq!(supervisor.status("echo@v2-0-0").await.plugin, ready.plugin);
 }
+
+#[tokio::test]
+async fn a_plugin_that_stops_answering_health_checks_is_restarted() {
+    let folders = PluginFolders::new();
+    folders.add(
+        "frozen",
+        &hello_world_manifest(
+            "stop_grace = \"100ms\"\n[health]\ninterval = \"50ms\"\ntimeout = \"50ms\"\nfailures = 2\n\
+             [restart]\nbackoff_initial = \"0s\"",
+        ),
+    );
+    let supervisor = Supervisor::start(&[folders.path()]);
+    let before = supervisor.ready("frozen").await;
+    // A stopped process keeps its socket open but answers nothing.
+    common::signal(before.pid, Signal::SIGSTOP);
+    let after = supervisor
+        .wait_for("frozen", "ready again", |status| {
+            status.state == PluginState::Ready as i32 && status.pid != before.pid
+        })
+        .await;
+    assert_eq!(
+        after.last_exit_reason,
+        "health check failed 2 times in a row"
+    );
+    assert_eq!(after.restarts, 1);
+    assert!(!alive(before.pid));
+}
+
+#[tokio::test]
+async fn a_plugin_sees_only_its_scrubbed_environment_and_its_limits() {
+    let folders = PluginFolders::new();
+    folders.add(
+        "inspector",
+        r#"
+        command = "/bin/sh"
+        args = ["-c", "echo open_files=$(ulimit -n); env | sort; echo done; exec sleep 300"]
+        env_allow = ["ALLOWED_VAR", "NOT_SET_ANYWHERE"]
+        start_timeout = "5m"
+        [env]
+        GREETING = "hello"
+        [limits]
+        open_files = 64
+        "#,
+    );
+    let supervisor = Supervisor::start_with_env(
+        &[folders.path()],
+        &[
+            ("ALLOWED_VAR", "passed"),
+            ("DATABASE_URL", "postgres://secret"),
+        ],
+    );
+    let lines = supervisor
+        .log_lines_until("inspector", |line| line == "done")
+        .await;
+    assert_eq!(lines[0], "open_files=64");
+    let names: Vec<&str> = lines[1..lines.len() - 1]
+        .iter()
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        // Set by the shell itself.
+        .filter(|name| !matches!(*name, "PWD" | "OLDPWD" | "SHLVL" | "_"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ALLOWED_VAR",
+            "CORRAL_PLUGIN_NAME",
+            "CORRAL_PLUGIN_TOKEN",
+            "CORRAL_PROTOCOL_VERSION",
+            "CORRAL_REGISTRY",
+            "GREETING",
+        ]
+    );
+    assert!(lines.contains(&"CORRAL_PLUGIN_NAME=inspector".to_string()));
+    assert!(lines.contains(&format!("CORRAL_REGISTRY={}", supervisor.url())));
+    let token = lines
+        .iter()
+        .find_map(|line| line.strip_prefix("CORRAL_PLUGIN_TOKEN="))
+        .unwrap();
+    assert!(token.len() >= 64, "the token is long and random: {token}");
+}

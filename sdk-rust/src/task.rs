@@ -189,7 +189,7 @@ impl Output<'_> {
         for chunk in bytes.chunks(corral_proto::MAX_OUTPUT_CHUNK) {
             self.task
                 .send(Event::OutputChunk(pb::OutputChunk {
-                    data: chunk.to_vec(),
+                    data: chunk.to_vec().into(),
                 }))
                 .await?;
         }

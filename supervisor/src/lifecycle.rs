@@ -287,36 +287,23 @@ impl PluginTask {
         }
     }
 
+    /// Handles a command and publishes the new state before answering, so the
+    /// caller reads the state its command produced.
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Start(reply) => {
                 let result = self.operator_start();
+                self.publish();
                 let _ = reply.send(result);
             }
             Command::Restart(reply) => {
-                let result = match &self.phase {
-                    Phase::Starting { .. } | Phase::Ready { .. } => {
-                        self.tracker.clear();
-                        self.begin_stop(AfterStop::Restart);
-                        Ok(())
-                    }
-                    Phase::Stopping { .. } => {
-                        self.set_after_stop(AfterStop::Restart);
-                        Ok(())
-                    }
-                    _ => self.operator_start(),
-                };
+                let result = self.operator_restart();
+                self.publish();
                 let _ = reply.send(result);
             }
             Command::Stop(reply) => {
-                match &self.phase {
-                    Phase::Starting { .. } | Phase::Ready { .. } => {
-                        self.begin_stop(AfterStop::Stay)
-                    }
-                    Phase::Stopping { .. } => self.set_after_stop(AfterStop::Stay),
-                    Phase::Backoff { .. } | Phase::Exited => self.phase = Phase::Stopped,
-                    Phase::Stopped | Phase::Failed => {}
-                }
+                self.operator_stop();
+                self.publish();
                 let _ = reply.send(Ok(()));
             }
             Command::Register {
@@ -324,8 +311,33 @@ impl PluginTask {
                 reply,
             } => {
                 let result = self.register(*registration);
+                self.publish();
                 let _ = reply.send(result);
             }
+        }
+    }
+
+    fn operator_restart(&mut self) -> Result<(), SupervisorError> {
+        match &self.phase {
+            Phase::Starting { .. } | Phase::Ready { .. } => {
+                self.tracker.clear();
+                self.begin_stop(AfterStop::Restart);
+                Ok(())
+            }
+            Phase::Stopping { .. } => {
+                self.set_after_stop(AfterStop::Restart);
+                Ok(())
+            }
+            _ => self.operator_start(),
+        }
+    }
+
+    fn operator_stop(&mut self) {
+        match &self.phase {
+            Phase::Starting { .. } | Phase::Ready { .. } => self.begin_stop(AfterStop::Stay),
+            Phase::Stopping { .. } => self.set_after_stop(AfterStop::Stay),
+            Phase::Backoff { .. } | Phase::Exited => self.phase = Phase::Stopped,
+            Phase::Stopped | Phase::Failed => {}
         }
     }
 
@@ -562,23 +574,13 @@ impl PluginTask {
         };
         let health = manifest.health.clone();
         let window = manifest.restart.restart_window;
+        if healthy
+            && matches!(&self.phase, Phase::Starting { process, .. } if process.generation == generation)
+        {
+            self.become_ready(health.interval);
+            return;
+        }
         match &mut self.phase {
-            Phase::Starting { process, .. } if process.generation == generation && healthy => {
-                let Phase::Starting { mut process, .. } =
-                    std::mem::replace(&mut self.phase, Phase::Stopped)
-                else {
-                    unreachable!("matched Starting above");
-                };
-                process.probe = None;
-                let now = Instant::now();
-                tracing::info!(plugin = %self.name, pid = process.pid, "plugin ready");
-                self.phase = Phase::Ready {
-                    process,
-                    since: now,
-                    missed: 0,
-                    next_check: now + health.interval,
-                };
-            }
             Phase::Ready {
                 process,
                 since,
@@ -601,6 +603,24 @@ impl PluginTask {
             }
             _ => {}
         }
+    }
+
+    /// Starting → Ready, once the first health check answered SERVING.
+    fn become_ready(&mut self, health_interval: Duration) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Stopped);
+        let Phase::Starting { mut process, .. } = phase else {
+            self.phase = phase;
+            return;
+        };
+        process.probe = None;
+        let now = Instant::now();
+        tracing::info!(plugin = %self.name, pid = process.pid, "plugin ready");
+        self.phase = Phase::Ready {
+            process,
+            since: now,
+            missed: 0,
+            next_check: now + health_interval,
+        };
     }
 
     fn on_deadline(&mut self) {

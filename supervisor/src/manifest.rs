@@ -243,8 +243,11 @@ impl Manifest {
         if self.health.interval.is_zero() {
             return Err(invalid("health.interval", "must be more than 0"));
         }
-        if self.health.timeout.is_zero() {
-            return Err(invalid("health.timeout", "must be more than 0"));
+        if self.health.timeout.is_zero() || self.health.timeout > self.health.interval {
+            return Err(invalid(
+                "health.timeout",
+                "must be more than 0 and at most health.interval",
+            ));
         }
         if self.health.failures == 0 {
             return Err(invalid("health.failures", "must be at least 1"));

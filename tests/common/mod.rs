@@ -107,10 +107,16 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts `corral supervisor` on a free port with `folders`.
     pub fn start(folders: &[&Path]) -> Self {
+        Self::start_with_env(folders, &[])
+    }
+
+    /// Starts `corral supervisor` with extra variables in its environment.
+    pub fn start_with_env(folders: &[&Path], env: &[(&str, &str)]) -> Self {
         let joined = std::env::join_paths(folders).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["supervisor", "--grpc", "127.0.0.1:0", "--plugin-folders"])
             .arg(&joined)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -196,6 +202,35 @@ impl Supervisor {
             status.state == PluginState::Ready as i32
         })
         .await
+    }
+
+    /// Follows `plugin`'s output until a line satisfies `done`; returns every line
+    /// read, in order.
+    pub async fn log_lines_until(&self, plugin: &str, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut logs = self
+            .admin()
+            .await
+            .follow_logs(corral_proto::supervisor::v1::FollowLogsRequest {
+                plugin: plugin.into(),
+                tail: u32::MAX,
+                follow: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut lines = Vec::new();
+        loop {
+            let line = tokio::time::timeout(DEADLINE, logs.message())
+                .await
+                .unwrap_or_else(|_| panic!("no matching log line of {plugin}; got {lines:#?}"))
+                .unwrap()
+                .expect("logs stream ended");
+            let matched = done(&line.text);
+            lines.push(line.text);
+            if matched {
+                return lines;
+            }
+        }
     }
 
     pub async fn status(&self, plugin: &str) -> PluginStatus {
