@@ -69,6 +69,25 @@ async fn collect(
     }
 }
 
+/// Runs a task to its end and returns what it streamed.
+async fn run(
+    client: &mut PluginClient<Channel>,
+    task_id: &str,
+    values: &[(&str, &str)],
+) -> Collected {
+    let mut stream = client
+        .invoke(InvokeRequest {
+            task_id: task_id.into(),
+            inputs: inputs(values),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut task = Collected::default();
+    collect(&mut stream, &mut task, false).await;
+    task
+}
+
 #[tokio::test]
 async fn every_reference_plugin_registers_with_its_metadata() {
     let supervisor = Supervisor::start(&[&reference_plugins()]);
@@ -150,16 +169,7 @@ async fn every_reference_plugin_registers_with_its_metadata() {
 async fn hello_world_replaces_input_with_output() {
     let supervisor = Supervisor::start(&[&reference_plugins()]);
     let mut client = plugin_client(&supervisor, "hello-world").await;
-    let mut stream = client
-        .invoke(InvokeRequest {
-            task_id: "task-1".into(),
-            inputs: inputs(&[("inputStr", "my input")]),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut task = Collected::default();
-    collect(&mut stream, &mut task, false).await;
+    let task = run(&mut client, "task-1", &[("inputStr", "my input")]).await;
     assert_eq!(task.log, ["result: 'my output'"]);
     assert_eq!(
         task.outputs,
@@ -172,16 +182,7 @@ async fn hello_world_replaces_input_with_output() {
     );
     assert_eq!(task.result, Some(Ok(())));
 
-    let mut stream = client
-        .invoke(InvokeRequest {
-            task_id: "task-2".into(),
-            inputs: HashMap::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut task = Collected::default();
-    collect(&mut stream, &mut task, false).await;
+    let task = run(&mut client, "task-2", &[]).await;
     assert_eq!(task.result, Some(Err("missing input `inputStr`".into())));
 
     let error = client
@@ -258,21 +259,17 @@ async fn multi_step_waits_for_its_step_and_finishes_with_both_outputs() {
 async fn file_upload_turns_the_file_into_its_output() {
     let supervisor = Supervisor::start(&[&reference_plugins()]);
     let mut client = plugin_client(&supervisor, "file-upload").await;
-    let mut stream = client
-        .invoke(InvokeRequest {
-            task_id: "upload-1".into(),
-            inputs: inputs(&[
-                ("file", "data:text/csv;base64,aWQsbmFtZQoxLGEK"),
-                ("file.name", "entities.csv"),
-                ("dataType", "entity/list"),
-                ("contentType", "text/csv"),
-            ]),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut task = Collected::default();
-    collect(&mut stream, &mut task, false).await;
+    let task = run(
+        &mut client,
+        "upload-1",
+        &[
+            ("file", "data:text/csv;base64,aWQsbmFtZQoxLGEK"),
+            ("file.name", "entities.csv"),
+            ("dataType", "entity/list"),
+            ("contentType", "text/csv"),
+        ],
+    )
+    .await;
     assert!(task.log.is_empty());
     assert_eq!(
         task.outputs,
@@ -307,16 +304,12 @@ async fn visualizations_render_their_data_in_rust_and_python() {
         page.contains("&quot;2&lt;&quot;"),
         "values are escaped: {page}"
     );
-    let mut stream = json
-        .invoke(InvokeRequest {
-            task_id: "json-1".into(),
-            inputs: inputs(&[("data", "data:application/json,not-json")]),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut task = Collected::default();
-    collect(&mut stream, &mut task, false).await;
+    let task = run(
+        &mut json,
+        "json-1",
+        &[("data", "data:application/json,not-json")],
+    )
+    .await;
     let failure = task.result.unwrap().unwrap_err();
     assert!(failure.starts_with("the data is not JSON"), "{failure}");
 
@@ -331,16 +324,7 @@ async fn visualizations_render_their_data_in_rust_and_python() {
         .html;
     assert!(page.contains("<th>id</th><th>name</th>"), "{page}");
     assert!(page.contains("<td>1</td><td>&lt;b&gt;</td>"), "{page}");
-    let mut stream = csv
-        .invoke(InvokeRequest {
-            task_id: "csv-1".into(),
-            inputs: inputs(&[("data", "data:text/csv,a%0A1")]),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut task = Collected::default();
-    collect(&mut stream, &mut task, false).await;
+    let task = run(&mut csv, "csv-1", &[("data", "data:text/csv,a%0A1")]).await;
     assert_eq!(task.result, Some(Ok(())));
     let (name, _, content_type, bytes) = &task.outputs[0];
     assert_eq!(
