@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use corral_gateway::{GatewayConfig, RunningGateway};
 use corral_supervisor::{RunningSupervisor, Shutdown, SupervisorConfig};
 
 /// A plugin runner: every plugin its own supervised process, reached over gRPC.
@@ -27,8 +28,83 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Supervisor and gateway in one process, with the embedded defaults
+    /// (SQLite and output files in --data-dir).
+    Serve(ServeArgs),
     /// Spawn and supervise the plugins; serve the registry and admin gRPC APIs.
     Supervisor(SupervisorArgs),
+    /// Serve the QHAna plugin REST API over the plugins of a supervisor.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    supervisor: SupervisorArgs,
+    #[command(flatten)]
+    gateway: GatewayOptions,
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// The supervisor's gRPC URL.
+    #[arg(
+        long,
+        env = "CORRAL_SUPERVISOR",
+        default_value = "http://127.0.0.1:5006"
+    )]
+    supervisor: String,
+    #[command(flatten)]
+    gateway: GatewayOptions,
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayOptions {
+    /// Address of the REST API.
+    #[arg(long, env = "CORRAL_HTTP", default_value = "127.0.0.1:5005")]
+    http: SocketAddr,
+    /// Task database: postgres://… or sqlite:… (default: SQLite in --data-dir).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Folder for the embedded database and the output files.
+    #[arg(long, env = "CORRAL_DATA_DIR", default_value = "./instance")]
+    data_dir: PathBuf,
+    /// How many reverse proxies' X-Forwarded-* headers to trust.
+    #[arg(long, env = "REVERSE_PROXY_COUNT", default_value_t = 0)]
+    reverse_proxy_count: usize,
+    /// Public base URL for links made outside a request (webhooks, event streams);
+    /// default http://<--http>.
+    #[arg(long, env = "CORRAL_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+impl GatewayOptions {
+    fn config(&self, supervisor_url: String) -> anyhow::Result<GatewayConfig> {
+        std::fs::create_dir_all(&self.data_dir).with_context(|| {
+            format!(
+                "failed to create the data directory {}",
+                self.data_dir.display()
+            )
+        })?;
+        let database_url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("corral.db").display()
+            ),
+        };
+        let mut config = GatewayConfig::new(
+            self.http,
+            supervisor_url,
+            database_url,
+            self.data_dir.clone(),
+        );
+        config.trusted_proxies = self.reverse_proxy_count;
+        if let Some(public_url) = &self.public_url {
+            config.public_url = public_url.trim_end_matches('/').to_owned();
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +147,57 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Supervisor(args) => supervisor(args).await,
+        Command::Gateway(args) => gateway(args).await,
+        Command::Serve(args) => serve(args).await,
     }
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = args.gateway.config(args.supervisor)?;
+    let running = RunningGateway::start(&config)
+        .await
+        .context("failed to start the gateway")?;
+    println!(
+        "corral gateway: HTTP listening on http://{}",
+        running.local_addr()?
+    );
+    let shutdown = Shutdown::default();
+    tokio::spawn(forward_signals(shutdown.clone()));
+    running
+        .serve(shutdown.graceful)
+        .await
+        .context("gateway stopped with an error")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let supervisor_config = SupervisorConfig {
+        grpc: args.supervisor.grpc,
+        plugin_folders: args.supervisor.plugin_folders,
+    };
+    let supervisor = RunningSupervisor::start(&supervisor_config)
+        .await
+        .context("failed to start the supervisor")?;
+    let grpc = supervisor.local_addr();
+    let config = args.gateway.config(format!("http://{grpc}"))?;
+    let gateway = RunningGateway::start(&config)
+        .await
+        .context("failed to start the gateway")?;
+    println!("corral supervisor: gRPC listening on {grpc}");
+    println!(
+        "corral gateway: HTTP listening on http://{}",
+        gateway.local_addr()?
+    );
+    let shutdown = Shutdown::default();
+    tokio::spawn(forward_signals(shutdown.clone()));
+    let supervisor = tokio::spawn(supervisor.serve(shutdown.clone()));
+    gateway
+        .serve(shutdown.graceful.clone())
+        .await
+        .context("gateway stopped with an error")?;
+    supervisor
+        .await
+        .context("supervisor task failed")?
+        .context("supervisor stopped with an error")
 }
 
 async fn supervisor(args: SupervisorArgs) -> anyhow::Result<()> {

@@ -1,3 +1,160 @@
-//! The REST gateway: the QHAna plugin API turned into gRPC calls to plugins.
+//! The REST gateway: the QHAna plugin API of `qhana-plugin-api.md`, turned into
+//! gRPC calls to the plugins the supervisor announces; tasks durable in
+//! PostgreSQL or SQLite; results streamed back.
 //!
-//! Not built yet; the supervisor and the plugin contract come first.
+//! - [`directory`]: the live plugin list (the supervisor's watch stream).
+//! - [`store`]: tasks, steps, files and subscriptions in the database.
+//! - `runner`: one task's invocation, event by event.
+//! - `routes`: the axum handlers; `views`: the contract's JSON bodies.
+
+pub mod directory;
+mod error;
+pub mod files;
+mod forms;
+mod ids;
+mod live;
+mod routes;
+mod runner;
+mod state;
+pub mod store;
+mod ui;
+mod urls;
+mod views;
+mod webhooks;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use state::GatewayConfig;
+
+use crate::{
+    directory::Directory,
+    files::LocalFileStore,
+    live::LiveEvents,
+    runner::Runner,
+    state::{AppState, Settings},
+    store::Store,
+    webhooks::Webhooks,
+};
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The database could not be opened or migrated.
+    #[error("failed to open the database")]
+    Store(#[from] store::StoreError),
+    /// The data directory or the HTTP port could not be used.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A gateway whose port is bound and whose database is ready.
+pub struct RunningGateway {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl RunningGateway {
+    /// Opens the database (applying migrations), the file store, binds the
+    /// port, follows the supervisor, and resumes unfinished tasks.
+    pub async fn start(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let store = Store::connect(&config.database_url).await?;
+        let files_root = files::local_root(&config.data_dir);
+        let files = LocalFileStore::new(&files_root)
+            .await
+            .map_err(|source| GatewayError::Io {
+                what: format!(
+                    "failed to create the file store in {}",
+                    files_root.display()
+                ),
+                source,
+            })?;
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| GatewayError::Io {
+                what: format!("failed to listen on {}", config.http),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Io {
+            what: "failed to read the bound address".into(),
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let directory = Directory::follow(config.supervisor_url.clone(), shutdown.clone());
+        let public_url = if config.public_url.ends_with(":0") {
+            format!("http://{local_addr}")
+        } else {
+            config.public_url.clone()
+        };
+        let runner = Runner {
+            store: store.clone(),
+            files: Arc::new(files),
+            directory: directory.clone(),
+            live: LiveEvents::default(),
+            webhooks: Webhooks::start(store.clone()),
+            base: urls::BaseUrl::new(public_url.trim_end_matches('/'), ""),
+            max_output_bytes: config.max_output_bytes,
+            shutdown: shutdown.clone(),
+        };
+        let settings = Settings {
+            trusted_proxies: config.trusted_proxies,
+            public_host: local_addr.to_string(),
+            title: config.title.clone(),
+            max_body_bytes: config.max_body_bytes,
+            internal_url: format!("http://{}", loopback(local_addr)),
+        };
+        let state = AppState {
+            config: Arc::new(settings),
+            store,
+            directory,
+            runner,
+        };
+        let resumed = state.runner.recover().await?;
+        if resumed > 0 {
+            tracing::info!(tasks = resumed, "resuming unfinished tasks");
+        }
+        Ok(Self {
+            listener,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, stop: CancellationToken) -> Result<(), GatewayError> {
+        let router = routes::router(self.state);
+        let shutdown = self.shutdown.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        shutdown.cancel();
+        served.map_err(|source| GatewayError::Io {
+            what: "the HTTP server failed".into(),
+            source,
+        })
+    }
+}
+
+fn loopback(mut address: std::net::SocketAddr) -> std::net::SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    address
+}

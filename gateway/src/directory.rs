@@ -1,0 +1,241 @@
+//! The live plugin list: follows the supervisor's `WatchPlugins` stream and keeps
+//! one gRPC channel per plugin endpoint. Readers get an immutable snapshot.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use corral_proto::{
+    plugin::v1::{PluginMetadata, plugin_client::PluginClient},
+    supervisor::v1::{PluginState, PluginStatus, WatchPluginsRequest, admin_client::AdminClient},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// A ready plugin the gateway can invoke.
+#[derive(Debug)]
+pub struct LivePlugin {
+    /// `hello-world@v0-2-1`.
+    pub identifier: String,
+    /// Its registered metadata.
+    pub metadata: PluginMetadata,
+    /// The supervisor's name for it (its folder).
+    pub folder: String,
+    /// Where it serves gRPC.
+    pub endpoint: String,
+    /// The process that serves it now.
+    pub pid: u32,
+    /// Whether its tasks may run again after a crash.
+    pub retry_safe: bool,
+    channel: Channel,
+}
+
+impl LivePlugin {
+    /// A client on the plugin's shared channel.
+    pub fn client(&self) -> PluginClient<Channel> {
+        PluginClient::new(self.channel.clone())
+    }
+}
+
+/// Every plugin the supervisor announced, by folder; ready ones by identifier.
+#[derive(Debug, Default)]
+pub struct PluginTable {
+    ready: HashMap<String, Arc<LivePlugin>>,
+    /// Identifiers of plugins the supervisor knows but that are not ready.
+    not_ready: HashMap<String, String>,
+    /// Why each plugin folder's last process ended.
+    exit_reasons: HashMap<String, String>,
+}
+
+impl PluginTable {
+    /// The ready plugin with this identifier.
+    pub fn ready(&self, identifier: &str) -> Option<&Arc<LivePlugin>> {
+        self.ready.get(identifier)
+    }
+
+    /// Ready plugins, sorted by name, then by version.
+    pub fn sorted(&self) -> Vec<&Arc<LivePlugin>> {
+        let mut plugins: Vec<_> = self.ready.values().collect();
+        plugins.sort_by(|a, b| {
+            a.metadata
+                .name
+                .cmp(&b.metadata.name)
+                .then_with(|| compare_versions(&a.metadata.version, &b.metadata.version))
+        });
+        plugins
+    }
+
+    /// Why the last process of a plugin folder ended, as the supervisor said.
+    pub fn last_exit_reason(&self, folder: &str) -> Option<&str> {
+        self.exit_reasons.get(folder).map(String::as_str)
+    }
+
+    /// Why a known plugin cannot be invoked now, e.g. `starting`.
+    pub fn unavailable_reason(&self, identifier: &str) -> Option<&str> {
+        self.not_ready.get(identifier).map(String::as_str)
+    }
+}
+
+/// Semver order with an optional leading `v`; unparsable versions sort first,
+/// among themselves by text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |text: &str| semver::Version::parse(text.strip_prefix('v').unwrap_or(text)).ok();
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a.cmp(&b),
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (None, None) => a.cmp(b),
+    }
+}
+
+/// A handle on the live plugin table.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    table: watch::Receiver<Arc<PluginTable>>,
+}
+
+impl Directory {
+    /// Follows the supervisor at `supervisor_url` until `stop`, reconnecting
+    /// when the stream breaks. Plugins are absent until the first list arrives.
+    pub fn follow(supervisor_url: String, stop: CancellationToken) -> Self {
+        let (sender, table) = watch::channel(Arc::new(PluginTable::default()));
+        tokio::spawn(async move {
+            let mut statuses: HashMap<String, PluginStatus> = HashMap::new();
+            let mut channels: HashMap<String, Channel> = HashMap::new();
+            let mut retry_delay = Duration::from_millis(50);
+            loop {
+                let followed = tokio::select! {
+                    () = stop.cancelled() => return,
+                    result = watch_once(&supervisor_url, &mut statuses, &mut channels, &sender) => result,
+                };
+                match followed {
+                    Ok(()) => retry_delay = Duration::from_millis(50),
+                    Err(error) => tracing::warn!(
+                        supervisor = %supervisor_url,
+                        %error,
+                        "plugin list unavailable; retrying"
+                    ),
+                }
+                // The supervisor is gone: no plugin can be invoked until it is back.
+                statuses.clear();
+                sender.send_replace(Arc::new(PluginTable::default()));
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(retry_delay) => {}
+                }
+                retry_delay = (retry_delay * 2).min(Duration::from_secs(2));
+            }
+        });
+        Self { table }
+    }
+
+    /// The current table.
+    pub fn snapshot(&self) -> Arc<PluginTable> {
+        self.table.borrow().clone()
+    }
+
+    /// Waits until `condition` holds for the table (e.g. a plugin is ready again).
+    pub async fn wait_for(&self, condition: impl Fn(&PluginTable) -> bool) {
+        let mut table = self.table.clone();
+        let _ = table.wait_for(|table| condition(table)).await;
+    }
+}
+
+async fn watch_once(
+    supervisor_url: &str,
+    statuses: &mut HashMap<String, PluginStatus>,
+    channels: &mut HashMap<String, Channel>,
+    sender: &watch::Sender<Arc<PluginTable>>,
+) -> Result<(), tonic::Status> {
+    let mut admin = AdminClient::connect(supervisor_url.to_owned())
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let mut stream = admin
+        .watch_plugins(WatchPluginsRequest {})
+        .await?
+        .into_inner();
+    tracing::info!(supervisor = %supervisor_url, "following the plugin list");
+    while let Some(status) = stream.message().await? {
+        statuses.insert(status.plugin.clone(), status);
+        sender.send_replace(Arc::new(build_table(statuses, channels)));
+    }
+    Ok(())
+}
+
+fn build_table(
+    statuses: &HashMap<String, PluginStatus>,
+    channels: &mut HashMap<String, Channel>,
+) -> PluginTable {
+    let mut table = PluginTable::default();
+    for status in statuses.values() {
+        if !status.last_exit_reason.is_empty() {
+            table
+                .exit_reasons
+                .insert(status.plugin.clone(), status.last_exit_reason.clone());
+        }
+        if status.identifier.is_empty() {
+            continue;
+        }
+        let ready = status.state == PluginState::Ready as i32;
+        let Some(metadata) = status.metadata.clone().filter(|_| ready) else {
+            let state = PluginState::try_from(status.state)
+                .map(|state| {
+                    state
+                        .as_str_name()
+                        .trim_start_matches("PLUGIN_STATE_")
+                        .to_lowercase()
+                })
+                .unwrap_or_else(|_| "unknown".into());
+            table.not_ready.insert(status.identifier.clone(), state);
+            continue;
+        };
+        let channel = match channels.get(&status.endpoint) {
+            Some(channel) => channel.clone(),
+            None => match Endpoint::from_shared(status.endpoint.clone()) {
+                Ok(endpoint) => {
+                    let channel = endpoint.tcp_nodelay(true).connect_lazy();
+                    channels.insert(status.endpoint.clone(), channel.clone());
+                    channel
+                }
+                Err(error) => {
+                    tracing::warn!(endpoint = %status.endpoint, %error, "unusable plugin endpoint");
+                    continue;
+                }
+            },
+        };
+        table.ready.insert(
+            status.identifier.clone(),
+            Arc::new(LivePlugin {
+                identifier: status.identifier.clone(),
+                metadata,
+                folder: status.plugin.clone(),
+                endpoint: status.endpoint.clone(),
+                pid: status.pid,
+                retry_safe: status.retry_safe,
+                channel,
+            }),
+        );
+    }
+    // Channels of endpoints no plugin serves any more are dropped.
+    channels.retain(|endpoint, _| {
+        table
+            .ready
+            .values()
+            .any(|plugin| &plugin.endpoint == endpoint)
+    });
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering;
+
+    use super::compare_versions;
+
+    #[test]
+    fn versions_order_by_semver_with_optional_v() {
+        assert_eq!(compare_versions("v0.10.0", "v0.9.1"), Ordering::Greater);
+        assert_eq!(compare_versions("0.2.1", "v0.2.1"), Ordering::Equal);
+        assert_eq!(compare_versions("v1.0.0-rc.1", "v1.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("latest", "v0.0.1"), Ordering::Less);
+    }
+}

@@ -1,0 +1,138 @@
+//! `ApiError`: every error the REST API answers, as the contract's JSON body.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Validation errors by field name, each with its messages.
+pub(crate) type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// Where invalid input was found: `form`, `json` or `query`.
+#[derive(Debug, Clone, Copy)]
+pub enum Location {
+    /// A form body (urlencoded or multipart).
+    Form,
+    /// A JSON body.
+    Json,
+    /// The query string.
+    Query,
+}
+
+impl Location {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Json => "json",
+            Self::Query => "query",
+        }
+    }
+}
+
+/// An error answered by the REST API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404 with a message such as `Task not found.`
+    #[error("{0}")]
+    NotFound(String),
+    /// 422 with field errors.
+    #[error("invalid input")]
+    Invalid(Location, FieldErrors),
+    /// 400 for a request that cannot be understood.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 413 when a body or upload is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 415 for a body type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: the plugin is not ready (or the supervisor is unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 401: no or a bad token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid token without the needed role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 500: logged with its cause, answered generically.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// A 422 for one field.
+    pub fn field(location: Location, field: &str, message: &str) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(field.to_owned(), vec![message.to_owned()]);
+        Self::Invalid(location, errors)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::Internal(Box::new(error))
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Internal(Box::new(error))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            Self::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
+            Self::Invalid(location, errors) => {
+                let status = StatusCode::UNPROCESSABLE_ENTITY;
+                let body = json!({
+                    "code": status.as_u16(),
+                    "status": reason(status),
+                    "errors": { location.as_str(): errors },
+                });
+                return (status, Json(body)).into_response();
+            }
+            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message.clone()),
+            Self::TooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, message.clone()),
+            Self::UnsupportedMediaType(message) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, message.clone())
+            }
+            Self::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message.clone()),
+            Self::Unauthorized(message) => {
+                let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
+            }
+            Self::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
+            Self::Internal(source) => {
+                tracing::error!(error = %source, source = ?source, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The server could not complete the request.".to_owned(),
+                )
+            }
+        };
+        error_response(status, &message)
+    }
+}
+
+/// The contract's error body for any status.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = json!({"code": status.as_u16(), "status": reason(status), "message": message});
+    (status, Json(body)).into_response()
+}
+
+fn reason(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("Error")
+}

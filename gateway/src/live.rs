@@ -1,0 +1,70 @@
+//! In-process fan-out of a running task's events to its Server-Sent Events clients.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// How many events a slow event-stream client may fall behind.
+const BACKLOG: usize = 256;
+
+/// One event of a running task, as its stream sends it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveEvent {
+    /// The SSE event name: `log`, `progress`, `step`, `output`, `status`.
+    pub kind: &'static str,
+    /// Its JSON data.
+    pub data: Value,
+}
+
+impl LiveEvent {
+    /// Whether this event ends the task's stream.
+    pub(crate) fn is_final(&self) -> bool {
+        self.kind == "status"
+    }
+}
+
+/// Task id → the broadcast its stream clients follow.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LiveEvents {
+    channels: Arc<Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>>,
+}
+
+impl LiveEvents {
+    /// Sends an event to the task's current followers, if any.
+    pub(crate) fn publish(&self, task_id: &str, event: LiveEvent) {
+        let channels = self.lock();
+        if let Some(sender) = channels.get(task_id) {
+            let _no_followers_is_fine = sender.send(event);
+        }
+    }
+
+    /// Sends the final event and forgets the task.
+    pub(crate) fn finish(&self, task_id: &str, event: LiveEvent) {
+        if let Some(sender) = self.lock().remove(task_id) {
+            let _no_followers_is_fine = sender.send(event);
+        }
+    }
+
+    /// Follows a task's events from now on.
+    pub(crate) fn subscribe(&self, task_id: &str) -> broadcast::Receiver<LiveEvent> {
+        self.lock()
+            .entry(task_id.to_owned())
+            .or_insert_with(|| broadcast::channel(BACKLOG).0)
+            .subscribe()
+    }
+
+    /// Drops the channel of a task that has already ended (a late follower made it).
+    pub(crate) fn forget(&self, task_id: &str) {
+        self.lock().remove(task_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<LiveEvent>>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}

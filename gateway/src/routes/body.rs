@@ -1,0 +1,200 @@
+//! Reading submitted form values from urlencoded, multipart and JSON bodies.
+//! Uploaded files go straight to the file store; the plugin gets a URL.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, Multipart, Request},
+    http::header::CONTENT_TYPE,
+};
+use serde_json::Value;
+
+use crate::{
+    error::{ApiError, Location},
+    forms::MAX_FIELD_BYTES,
+    ids::random_id,
+    state::AppState,
+    store::{FileKind, FileRecord},
+};
+
+/// Most fields one form may submit.
+const MAX_FIELDS: usize = 1000;
+
+/// What a form submission carried.
+#[derive(Debug, Default)]
+pub(crate) struct Submitted {
+    pub(crate) values: BTreeMap<String, String>,
+    /// Where errors about it are reported (`form` or `json`).
+    pub(crate) location: Option<Location>,
+    /// Ids of the files uploaded with it.
+    pub(crate) uploads: Vec<String>,
+}
+
+impl Submitted {
+    pub(crate) fn location(&self) -> Location {
+        self.location.unwrap_or(Location::Form)
+    }
+}
+
+/// Reads the body of `request` as the form it carries.
+pub(crate) async fn read(state: &AppState, request: Request) -> Result<Submitted, ApiError> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/x-www-form-urlencoded")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        return read_multipart(state, multipart).await;
+    }
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| match rejection.status().as_u16() {
+            413 => ApiError::TooLarge("The request body is too large.".into()),
+            _ => ApiError::BadRequest(rejection.body_text()),
+        })?;
+    if content_type.starts_with("application/json") {
+        return read_json(&bytes);
+    }
+    if content_type.starts_with("application/x-www-form-urlencoded") || content_type.is_empty() {
+        let mut submitted = Submitted {
+            location: Some(Location::Form),
+            ..Submitted::default()
+        };
+        for (count, (key, value)) in url::form_urlencoded::parse(&bytes).enumerate() {
+            if count >= MAX_FIELDS {
+                return Err(ApiError::TooLarge(format!(
+                    "More than {MAX_FIELDS} form fields."
+                )));
+            }
+            submitted
+                .values
+                .insert(key.into_owned(), value.into_owned());
+        }
+        return Ok(submitted);
+    }
+    Err(ApiError::UnsupportedMediaType(format!(
+        "Unsupported content type `{content_type}`: send application/x-www-form-urlencoded, \
+         multipart/form-data or application/json."
+    )))
+}
+
+fn read_json(bytes: &[u8]) -> Result<Submitted, ApiError> {
+    let invalid = |message: &str| ApiError::field(Location::Json, "_schema", message);
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| invalid("Invalid JSON body."))?;
+    let Value::Object(object) = value else {
+        return Err(invalid("Invalid input type."));
+    };
+    if object.len() > MAX_FIELDS {
+        return Err(ApiError::TooLarge(format!(
+            "More than {MAX_FIELDS} fields."
+        )));
+    }
+    let mut submitted = Submitted {
+        location: Some(Location::Json),
+        ..Submitted::default()
+    };
+    for (key, value) in object {
+        let text = match value {
+            Value::Null => continue,
+            Value::String(text) => text,
+            Value::Bool(flag) => flag.to_string(),
+            Value::Number(number) => number.to_string(),
+            Value::Array(_) | Value::Object(_) => {
+                return Err(ApiError::field(Location::Json, &key, "Not a valid string."));
+            }
+        };
+        submitted.values.insert(key, text);
+    }
+    Ok(submitted)
+}
+
+async fn read_multipart(state: &AppState, mut multipart: Multipart) -> Result<Submitted, ApiError> {
+    let mut submitted = Submitted {
+        location: Some(Location::Form),
+        ..Submitted::default()
+    };
+    let mut count = 0;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        count += 1;
+        if count > MAX_FIELDS {
+            return Err(ApiError::TooLarge(format!(
+                "More than {MAX_FIELDS} form fields."
+            )));
+        }
+        let name = field.name().unwrap_or_default().to_owned();
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            let mut value = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                if value.len() + chunk.len() > MAX_FIELD_BYTES {
+                    return Err(ApiError::TooLarge(format!(
+                        "The field `{name}` is too large."
+                    )));
+                }
+                value.extend_from_slice(&chunk);
+            }
+            submitted
+                .values
+                .insert(name, String::from_utf8_lossy(&value).into_owned());
+            continue;
+        };
+        let content_type = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let record = FileRecord {
+            id: random_id(),
+            secret: random_id(),
+            task_id: None,
+            kind: FileKind::Input,
+            position: 0,
+            name: Some(file_name.clone()),
+            data_type: String::new(),
+            content_type,
+            size: 0,
+            storage_key: random_id(),
+        };
+        let mut sink = state.runner.files.create(&record.storage_key).await?;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(error) = sink.write(&chunk).await {
+                        sink.abort().await;
+                        return Err(error.into());
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    sink.abort().await;
+                    return Err(multipart_error(error));
+                }
+            }
+        }
+        let size = sink.finish().await?;
+        let record = FileRecord {
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            ..record
+        };
+        state.store.insert_file(&record).await?;
+        let url = format!(
+            "{}/files/{}/?file-id={}",
+            state.config.internal_url, record.id, record.secret
+        );
+        submitted.values.insert(format!("{name}.name"), file_name);
+        submitted.values.insert(name, url);
+        submitted.uploads.push(record.id);
+    }
+    Ok(submitted)
+}
+
+fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
+    if error.status().as_u16() == 413 {
+        ApiError::TooLarge("The request body is too large.".into())
+    } else {
+        ApiError::BadRequest(format!("Invalid multipart body: {}", error.body_text()))
+    }
+}

@@ -1,0 +1,72 @@
+//! The router: every route of the REST contract, the 308 for a missing trailing
+//! slash, JSON errors, CORS and the body limit.
+
+mod body;
+mod files;
+mod plugins;
+mod tasks;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::{error::error_response, state::AppState};
+
+/// The REST API.
+pub(crate) fn router(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([header::LOCATION, header::CONTENT_DISPOSITION]);
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/", get(plugins::root))
+        .route("/plugins/", get(plugins::list))
+        .route("/plugins/{plugin}/", get(plugins::plugin))
+        .route(
+            "/plugins/{plugin}/ui/",
+            get(plugins::ui_get).post(plugins::ui_post),
+        )
+        .route("/plugins/{plugin}/process/", post(plugins::process))
+        .route(
+            "/plugins/{plugin}/{task}/{step}/",
+            get(tasks::step).post(tasks::step),
+        )
+        .route("/tasks/{task}/", get(tasks::status).post(tasks::subscribe))
+        .route("/tasks/{task}/events", get(tasks::events))
+        .route("/tasks/{task}/events/", get(tasks::events))
+        .route("/files/{file}/", get(files::download))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// 308 to the slashed path when the slash is missing; else the JSON 404.
+async fn fallback(request: Request) -> Response {
+    let uri = request.uri();
+    let path = uri.path();
+    if !path.ends_with('/') {
+        let location = match uri.query() {
+            Some(query) => format!("{path}/?{query}"),
+            None => format!("{path}/"),
+        };
+        return (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response();
+    }
+    error_response(StatusCode::NOT_FOUND, "Not found.")
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+}

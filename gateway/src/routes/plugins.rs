@@ -1,0 +1,178 @@
+//! `/plugins/…`: the list, metadata, micro-frontends and task creation.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Path, Query, Request, State},
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+};
+use corral_proto::plugin::v1::{PluginType, RenderRequest};
+use serde_json::json;
+
+use super::body;
+use crate::{
+    directory::{LivePlugin, compare_versions},
+    error::{ApiError, FieldErrors},
+    forms, ids,
+    state::AppState,
+    ui,
+    urls::BaseUrl,
+    views,
+};
+
+/// `GET /`.
+pub(crate) async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"title": state.config.title}))
+}
+
+/// `GET /plugins/`: ready plugins sorted by name, then version.
+pub(crate) async fn list(State(state): State<AppState>, base: BaseUrl) -> Json<serde_json::Value> {
+    let table = state.directory.snapshot();
+    let plugins: Vec<_> = table
+        .sorted()
+        .into_iter()
+        .map(|plugin| views::plugin_entry(&plugin.identifier, &plugin.metadata, &base))
+        .collect();
+    Json(json!({ "plugins": plugins }))
+}
+
+/// `GET /plugins/<identifier>/` (metadata) or `GET /plugins/<name>/` (302 to the
+/// newest version).
+pub(crate) async fn plugin(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    base: BaseUrl,
+) -> Result<Response, ApiError> {
+    let table = state.directory.snapshot();
+    if let Some(live) = table.ready(&plugin) {
+        return Ok(Json(views::plugin_metadata(
+            &live.identifier,
+            &live.metadata,
+            &base,
+        ))
+        .into_response());
+    }
+    let newest = table
+        .sorted()
+        .into_iter()
+        .filter(|live| {
+            live.metadata.name == plugin || live.metadata.name.replace('.', "-") == plugin
+        })
+        .max_by(|a, b| compare_versions(&a.metadata.version, &b.metadata.version));
+    match newest {
+        Some(live) => {
+            let location = base.path(&format!("/plugins/{}/", live.identifier));
+            Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+        }
+        None => Err(not_found_or_unavailable(&state, &plugin)),
+    }
+}
+
+/// `GET /plugins/<identifier>/ui/`: the form, prefilled from the query.
+pub(crate) async fn ui_get(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    base: BaseUrl,
+) -> Result<Html<String>, ApiError> {
+    let live = ready(&state, &plugin)?;
+    Ok(Html(page(&live, &query, &FieldErrors::new(), &base).await))
+}
+
+/// `POST /plugins/<identifier>/ui/`: the form again, from the posted values,
+/// with errors shown inline (always 200).
+pub(crate) async fn ui_post(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Html<String>, ApiError> {
+    let live = ready(&state, &plugin)?;
+    let submitted = body::read(&state, request).await?;
+    let errors = forms::validate(&live.metadata.inputs, &submitted.values)
+        .err()
+        .unwrap_or_default();
+    Ok(Html(page(&live, &submitted.values, &errors, &base).await))
+}
+
+async fn page(
+    live: &LivePlugin,
+    values: &BTreeMap<String, String>,
+    errors: &FieldErrors,
+    base: &BaseUrl,
+) -> String {
+    let preview = if live.metadata.r#type == PluginType::Visualization as i32 && !values.is_empty()
+    {
+        let request = RenderRequest {
+            inputs: values.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        match live.client().render(request).await {
+            Ok(response) => Some(response.into_inner().html),
+            Err(status) if status.code() == tonic::Code::Unimplemented => None,
+            Err(status) => Some(format!(
+                "<p class=\"error\">The data could not be shown: {}</p>",
+                ui::escape(status.message())
+            )),
+        }
+    } else {
+        None
+    };
+    ui::render(&ui::Page {
+        title: &live.metadata.title,
+        description: &live.metadata.description,
+        fields: &live.metadata.inputs,
+        values,
+        errors,
+        submit_url: &base.path(&format!("/plugins/{}/process/", live.identifier)),
+        preview: preview.as_deref(),
+    })
+}
+
+/// `POST /plugins/<identifier>/process/`: validate, store the task, 303 to it.
+pub(crate) async fn process(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let live = ready(&state, &plugin)?;
+    let submitted = body::read(&state, request).await?;
+    let values = forms::validate(&live.metadata.inputs, &submitted.values)
+        .map_err(|errors| ApiError::Invalid(submitted.location(), errors))?;
+    let task_id = ids::random_id();
+    let inputs =
+        serde_json::to_string(&values).map_err(|error| ApiError::Internal(Box::new(error)))?;
+    state
+        .store
+        .create_task(&task_id, &live.identifier, &inputs)
+        .await?;
+    for upload in &submitted.uploads {
+        state.store.attach_input_file(upload, &task_id).await?;
+    }
+    tracing::info!(task = %task_id, plugin = %live.identifier, "task created");
+    state
+        .runner
+        .spawn(task_id.clone(), live.identifier.clone(), values);
+    Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
+}
+
+/// The ready plugin, or 404 / 503 with a clear message.
+pub(crate) fn ready(state: &AppState, identifier: &str) -> Result<Arc<LivePlugin>, ApiError> {
+    state
+        .directory
+        .snapshot()
+        .ready(identifier)
+        .cloned()
+        .ok_or_else(|| not_found_or_unavailable(state, identifier))
+}
+
+fn not_found_or_unavailable(state: &AppState, plugin: &str) -> ApiError {
+    match state.directory.snapshot().unavailable_reason(plugin) {
+        Some(reason) => ApiError::Unavailable(format!(
+            "Plugin {plugin} is not ready ({reason}); try again shortly."
+        )),
+        None => ApiError::NotFound("Plugin not found.".into()),
+    }
+}

@@ -1,0 +1,254 @@
+//! `/tasks/…` and a task's steps: status, webhooks, the event stream, step forms.
+
+use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, Query, Request, State},
+    response::{
+        Html, IntoResponse, Redirect, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use futures::Stream;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::body;
+use crate::{
+    error::{ApiError, FieldErrors, Location},
+    forms, ids,
+    live::LiveEvent,
+    state::AppState,
+    store::TaskRecord,
+    ui,
+    urls::BaseUrl,
+    views,
+};
+
+async fn task(state: &AppState, task_id: &str) -> Result<TaskRecord, ApiError> {
+    if !ids::looks_like_id(task_id) {
+        return Err(ApiError::NotFound("Task not found.".into()));
+    }
+    state
+        .store
+        .task(task_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("Task not found.".into()))
+}
+
+/// `GET /tasks/<id>/`.
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    base: BaseUrl,
+) -> Result<Json<Value>, ApiError> {
+    let task = task(&state, &task_id).await?;
+    Ok(Json(views::task_status(&task, &base)))
+}
+
+/// `POST /tasks/<id>/`: subscribe or unsubscribe a webhook.
+pub(crate) async fn subscribe(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let record = task(&state, &task_id).await?;
+    let submitted = body::read(&state, request).await?;
+    let location = submitted.location();
+    let mut errors = FieldErrors::new();
+    let command = submitted.values.get("command").map(String::as_str);
+    if !matches!(command, Some("subscribe" | "unsubscribe")) {
+        errors.insert(
+            "command".into(),
+            vec!["Must be one of: subscribe, unsubscribe.".into()],
+        );
+    }
+    let href = submitted
+        .values
+        .get("webhookHref")
+        .cloned()
+        .unwrap_or_default();
+    let valid_href =
+        url::Url::parse(&href).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
+    if !valid_href {
+        let message = if href.is_empty() {
+            "Missing data for required field."
+        } else {
+            "Not a valid URL."
+        };
+        errors.insert("webhookHref".into(), vec![message.into()]);
+    }
+    let event = submitted
+        .values
+        .get("event")
+        .map(String::as_str)
+        .filter(|event| !event.is_empty());
+    if !matches!(event, None | Some("status" | "steps" | "details")) {
+        errors.insert(
+            "event".into(),
+            vec!["Must be one of: status, steps, details.".into()],
+        );
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(location, errors));
+    }
+    if command == Some("subscribe") {
+        state
+            .store
+            .subscribe(&task_id, &href, event.unwrap_or(""))
+            .await?;
+    } else {
+        state.store.unsubscribe(&task_id, &href, event).await?;
+    }
+    Ok(Json(views::task_status(&record, &base)))
+}
+
+/// `GET /tasks/<id>/events`: Server-Sent Events of the task from now on, after a
+/// `snapshot` of its status so far; the stream ends with the task.
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    base: BaseUrl,
+) -> Result<Response, ApiError> {
+    // Follow first, then read the snapshot: nothing falls in between.
+    let receiver = state.runner.live.subscribe(&task_id);
+    let record = match task(&state, &task_id).await {
+        Ok(record) => record,
+        Err(error) => {
+            state.runner.live.forget(&task_id);
+            return Err(error);
+        }
+    };
+    let snapshot = SseEvent::default()
+        .event("snapshot")
+        .data(views::task_status(&record, &base).to_string());
+    let finished = record.finished_at.is_some();
+    if finished {
+        state.runner.live.forget(&task_id);
+    }
+    let stream = event_stream(snapshot, finished, receiver);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn event_stream(
+    snapshot: SseEvent,
+    finished: bool,
+    mut receiver: broadcast::Receiver<LiveEvent>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream(move |sender| async move {
+        if sender.send(snapshot).await.is_err() || finished {
+            return;
+        }
+        loop {
+            let event = match receiver.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => LiveEvent {
+                    kind: "lagged",
+                    data: serde_json::json!({"missed": missed}),
+                },
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let last = event.is_final();
+            let sse = SseEvent::default()
+                .event(event.kind)
+                .data(event.data.to_string());
+            if sender.send(sse).await.is_err() || last {
+                return;
+            }
+        }
+    })
+}
+
+/// A stream fed by a task that sends into a bounded channel.
+fn async_stream<F, Fut>(produce: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(32);
+    tokio::spawn(produce(sender));
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
+}
+
+/// `GET|POST /plugins/<identifier>/<task>/<step>-ui/` and `POST …/<step>-process/`.
+pub(crate) async fn step(
+    State(state): State<AppState>,
+    Path((plugin, task_id, route)): Path<(String, String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound("Step not found.".into());
+    let (step_id, action) = match (route.strip_suffix("-ui"), route.strip_suffix("-process")) {
+        (Some(step_id), _) => (step_id.to_owned(), StepAction::Ui),
+        (_, Some(step_id)) => (step_id.to_owned(), StepAction::Process),
+        _ => return Err(not_found()),
+    };
+    let record = task(&state, &task_id).await.map_err(|_| not_found())?;
+    if record.plugin != plugin {
+        return Err(not_found());
+    }
+    let Some(step) = record.steps.iter().find(|step| step.step_id == step_id) else {
+        return Err(not_found());
+    };
+    let fields = ui::decode_form(&step.form);
+    let is_post = request.method() == axum::http::Method::POST;
+    let submit_url = base.path(&format!("/plugins/{plugin}/{task_id}/{step_id}-process/"));
+    match action {
+        StepAction::Ui => {
+            let (values, errors) = if is_post {
+                let submitted = body::read(&state, request).await?;
+                let errors = forms::validate(&fields, &submitted.values)
+                    .err()
+                    .unwrap_or_default();
+                (submitted.values, errors)
+            } else {
+                (query, FieldErrors::new())
+            };
+            let page = ui::render(&ui::Page {
+                title: &step_id,
+                description: "",
+                fields: &fields,
+                values: &values,
+                errors: &errors,
+                submit_url: &submit_url,
+                preview: None,
+            });
+            Ok(Html(page).into_response())
+        }
+        StepAction::Process if !is_post => Err(ApiError::NotFound("Step not found.".into())),
+        StepAction::Process => {
+            if step.cleared || record.finished_at.is_some() {
+                return Err(ApiError::field(
+                    Location::Form,
+                    "_schema",
+                    "This step was already submitted.",
+                ));
+            }
+            let submitted = body::read(&state, request).await?;
+            let values = forms::validate(&fields, &submitted.values)
+                .map_err(|errors| ApiError::Invalid(submitted.location(), errors))?;
+            if !state.store.clear_step(&task_id, &step_id).await? {
+                return Err(ApiError::field(
+                    Location::Form,
+                    "_schema",
+                    "This step was already submitted.",
+                ));
+            }
+            state
+                .runner
+                .submit_step(&task_id, &plugin, &step_id, values)
+                .await?;
+            Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
+        }
+    }
+}
+
+enum StepAction {
+    Ui,
+    Process,
+}

@@ -1,0 +1,503 @@
+//! Running tasks: invoke the plugin over gRPC, persist each event, write output
+//! files to the store, notify followers and webhooks, and end every task
+//! `SUCCESS` or `FAILURE`, whatever the plugin or the gateway does. See `tasks.md`.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use corral_proto::plugin::v1::{InvokeRequest, SubmitStepRequest, invoke_event::Event};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    directory::{Directory, LivePlugin},
+    files::{FileSink, FileStore},
+    live::{LiveEvent, LiveEvents},
+    store::{FileKind, FileRecord, Progress, Store, StoreError, TaskStatus},
+    urls::BaseUrl,
+    webhooks::{WebhookEvent, Webhooks},
+};
+
+/// Largest gRPC message accepted from a plugin: a 1 MiB chunk and its framing.
+const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
+/// How long a task waits for its plugin to be ready again (after a crash or a
+/// gateway restart) before it fails.
+const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long after a broken stream the supervisor has to report the crash.
+const CRASH_REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// What a task runner needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    pub(crate) store: Store,
+    pub(crate) files: Arc<dyn FileStore>,
+    pub(crate) directory: Directory,
+    pub(crate) live: LiveEvents,
+    pub(crate) webhooks: Webhooks,
+    /// The public URL for hrefs in events and webhooks.
+    pub(crate) base: BaseUrl,
+    /// The largest output file.
+    pub(crate) max_output_bytes: u64,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// How one invocation ended.
+enum Outcome {
+    Success,
+    Failure(String),
+    /// The plugin's process went away; the reason says how.
+    Crashed(String),
+    /// The gateway is shutting down.
+    Interrupted,
+}
+
+impl Runner {
+    /// Runs a task that was just created (or found unfinished at start), in the background.
+    pub(crate) fn spawn(&self, task_id: String, plugin: String, inputs: BTreeMap<String, String>) {
+        let runner = self.clone();
+        let span = tracing::info_span!("task", id = %task_id, plugin = %plugin);
+        let task = async move {
+            if let Err(error) = runner.run(&task_id, &plugin, inputs).await {
+                tracing::error!(task = %task_id, %error, "task runner failed");
+                let _ = runner
+                    .finish(
+                        &task_id,
+                        TaskStatus::Failure,
+                        Some("the gateway could not record the task's progress"),
+                    )
+                    .await;
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    /// Resumes the tasks a previous gateway left unfinished: re-run where the
+    /// plugin says its tasks are safe to retry, else fail with the reason.
+    pub(crate) async fn recover(&self) -> Result<usize, StoreError> {
+        let pending = self.store.pending_tasks().await?;
+        let count = pending.len();
+        for (task_id, plugin) in pending {
+            let runner = self.clone();
+            tokio::spawn(async move {
+                let Some(live) = runner.wait_until_ready(&plugin).await else {
+                    let reason = format!(
+                        "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
+                    );
+                    let _ = runner
+                        .finish(&task_id, TaskStatus::Failure, Some(&reason))
+                        .await;
+                    return;
+                };
+                if !live.retry_safe {
+                    let reason = "the gateway restarted while the task was running; \
+                                  the plugin's tasks are not safe to run again";
+                    let _ = runner
+                        .finish(&task_id, TaskStatus::Failure, Some(reason))
+                        .await;
+                    return;
+                }
+                let inputs = match runner.store.task(&task_id).await {
+                    Ok(Some(task)) => serde_json::from_str(&task.inputs).unwrap_or_default(),
+                    _ => BTreeMap::new(),
+                };
+                let _ = runner
+                    .store
+                    .append_log(
+                        &task_id,
+                        "re-running: the gateway restarted while the task was running",
+                    )
+                    .await;
+                runner.spawn(task_id, plugin, inputs);
+            });
+        }
+        Ok(count)
+    }
+
+    async fn run(
+        &self,
+        task_id: &str,
+        plugin: &str,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let attempt = self.store.begin_attempt(task_id).await?;
+            let Some(live) = self.directory.snapshot().ready(plugin).cloned() else {
+                let reason = format!("plugin {plugin} is not ready");
+                return self
+                    .finish(task_id, TaskStatus::Failure, Some(&reason))
+                    .await;
+            };
+            let outcome = self.invoke(task_id, &live, &inputs).await?;
+            match outcome {
+                Outcome::Success => return self.finish(task_id, TaskStatus::Success, None).await,
+                Outcome::Failure(reason) => {
+                    return self
+                        .finish(task_id, TaskStatus::Failure, Some(&reason))
+                        .await;
+                }
+                Outcome::Interrupted => return Ok(()),
+                Outcome::Crashed(reason) if live.retry_safe && attempt < 2 => {
+                    self.store
+                        .append_log(task_id, &format!("{reason}; running the task again"))
+                        .await?;
+                    if self.wait_until_ready(plugin).await.is_none() {
+                        let reason = format!("{reason}, and it did not become ready again");
+                        return self
+                            .finish(task_id, TaskStatus::Failure, Some(&reason))
+                            .await;
+                    }
+                }
+                Outcome::Crashed(reason) => {
+                    return self
+                        .finish(task_id, TaskStatus::Failure, Some(&reason))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// One invocation: the event stream, persisted as it comes.
+    async fn invoke(
+        &self,
+        task_id: &str,
+        live: &LivePlugin,
+        inputs: &BTreeMap<String, String>,
+    ) -> Result<Outcome, StoreError> {
+        let mut client = live.client().max_decoding_message_size(MAX_EVENT_BYTES);
+        let request = InvokeRequest {
+            task_id: task_id.to_owned(),
+            inputs: inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        let mut stream = match client.invoke(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Ok(self.broken(live, status).await),
+        };
+        let mut open_output: Option<OpenOutput> = None;
+        let mut outputs = 0i64;
+        loop {
+            let message = tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    if let Some(output) = open_output.take() {
+                        output.sink.abort().await;
+                    }
+                    return Ok(Outcome::Interrupted);
+                }
+                message = stream.message() => message,
+            };
+            let event = match message {
+                Ok(Some(message)) => message.event,
+                Ok(None) => {
+                    abort(open_output.take()).await;
+                    return Ok(Outcome::Failure(format!(
+                        "plugin {} ended the task without a result",
+                        live.identifier
+                    )));
+                }
+                Err(status) => {
+                    abort(open_output.take()).await;
+                    return Ok(self.broken(live, status).await);
+                }
+            };
+            let Some(event) = event else {
+                abort(open_output.take()).await;
+                return Ok(Outcome::Failure(format!(
+                    "plugin {} sent an empty event",
+                    live.identifier
+                )));
+            };
+            match event {
+                Event::Log(line) => {
+                    self.store.append_log(task_id, &line.text).await?;
+                    self.live.publish(
+                        task_id,
+                        LiveEvent {
+                            kind: "log",
+                            data: json!({"text": line.text}),
+                        },
+                    );
+                }
+                Event::Progress(progress) => {
+                    let progress = Progress {
+                        value: progress.value,
+                        start: progress.start,
+                        target: progress.target,
+                        unit: progress.unit,
+                    };
+                    self.store.set_progress(task_id, &progress).await?;
+                    self.live.publish(
+                        task_id,
+                        LiveEvent {
+                            kind: "progress",
+                            data: json!({
+                                "value": progress.value, "start": progress.start,
+                                "target": progress.target, "unit": progress.unit,
+                            }),
+                        },
+                    );
+                }
+                Event::OutputBegin(begin) => {
+                    if open_output.is_some() {
+                        abort(open_output.take()).await;
+                        return Ok(self.protocol_error(
+                            live,
+                            "began an output before ending the previous one",
+                        ));
+                    }
+                    let record = FileRecord {
+                        id: crate::ids::random_id(),
+                        secret: crate::ids::random_id(),
+                        task_id: Some(task_id.to_owned()),
+                        kind: FileKind::Output,
+                        position: outputs,
+                        name: Some(begin.name).filter(|name| !name.is_empty()),
+                        data_type: begin.data_type,
+                        content_type: if begin.content_type.is_empty() {
+                            "application/octet-stream".into()
+                        } else {
+                            begin.content_type
+                        },
+                        size: 0,
+                        storage_key: crate::ids::random_id(),
+                    };
+                    let sink = match self.files.create(&record.storage_key).await {
+                        Ok(sink) => sink,
+                        Err(error) => {
+                            tracing::error!(%error, "failed to create an output file");
+                            return Ok(Outcome::Failure(
+                                "the gateway could not store an output file".into(),
+                            ));
+                        }
+                    };
+                    open_output = Some(OpenOutput {
+                        record,
+                        sink,
+                        size: 0,
+                    });
+                }
+                Event::OutputChunk(chunk) => {
+                    let Some(output) = open_output.as_mut() else {
+                        return Ok(self.protocol_error(live, "sent output bytes outside an output"));
+                    };
+                    output.size += chunk.data.len() as u64;
+                    if output.size > self.max_output_bytes {
+                        abort(open_output.take()).await;
+                        return Ok(Outcome::Failure(format!(
+                            "plugin {} sent an output larger than the limit of {} bytes",
+                            live.identifier, self.max_output_bytes
+                        )));
+                    }
+                    if let Err(error) = output.sink.write(&chunk.data).await {
+                        tracing::error!(%error, "failed to write an output file");
+                        abort(open_output.take()).await;
+                        return Ok(Outcome::Failure(
+                            "the gateway could not store an output file".into(),
+                        ));
+                    }
+                }
+                Event::OutputEnd(_) => {
+                    let Some(OpenOutput {
+                        mut record, sink, ..
+                    }) = open_output.take()
+                    else {
+                        return Ok(self.protocol_error(live, "ended an output it had not begun"));
+                    };
+                    match sink.finish().await {
+                        Ok(size) => record.size = i64::try_from(size).unwrap_or(i64::MAX),
+                        Err(error) => {
+                            tracing::error!(%error, "failed to finish an output file");
+                            return Ok(Outcome::Failure(
+                                "the gateway could not store an output file".into(),
+                            ));
+                        }
+                    }
+                    self.store.insert_file(&record).await?;
+                    outputs += 1;
+                    self.live.publish(
+                        task_id,
+                        LiveEvent {
+                            kind: "output",
+                            data: crate::views::output(&record, &self.base),
+                        },
+                    );
+                }
+                Event::StepRequired(step) => {
+                    if step.step_id.is_empty()
+                        || !step
+                            .step_id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Ok(self.protocol_error(live, "asked for a step with an invalid id"));
+                    }
+                    let form = crate::ui::encode_form(&step.inputs);
+                    self.store.add_step(task_id, &step.step_id, &form).await?;
+                    let step_root =
+                        format!("/plugins/{}/{}/{}", live.identifier, task_id, step.step_id);
+                    self.live.publish(
+                        task_id,
+                        LiveEvent {
+                            kind: "step",
+                            data: json!({
+                                "stepId": step.step_id,
+                                "href": self.base.absolute(&format!("{step_root}-process/")),
+                                "uiHref": self.base.absolute(&format!("{step_root}-ui/")),
+                                "cleared": false,
+                            }),
+                        },
+                    );
+                    self.webhooks
+                        .notify(
+                            task_id,
+                            &self.base,
+                            &[WebhookEvent::Steps, WebhookEvent::Details],
+                        )
+                        .await;
+                }
+                Event::Result(_) => {
+                    if open_output.is_some() {
+                        abort(open_output.take()).await;
+                        return Ok(self.protocol_error(live, "finished with an output still open"));
+                    }
+                    return Ok(Outcome::Success);
+                }
+                Event::Error(error) => {
+                    abort(open_output.take()).await;
+                    let message = if error.message.is_empty() {
+                        format!("plugin {} reported a failure", live.identifier)
+                    } else {
+                        error.message
+                    };
+                    return Ok(Outcome::Failure(message));
+                }
+            }
+        }
+    }
+
+    /// Forwards a step's input to the plugin task that waits for it.
+    pub(crate) async fn submit_step(
+        &self,
+        task_id: &str,
+        plugin: &str,
+        step_id: &str,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let Some(live) = self.directory.snapshot().ready(plugin).cloned() else {
+            let reason =
+                format!("plugin {plugin} was not ready when the step `{step_id}` was submitted");
+            return self
+                .finish(task_id, TaskStatus::Failure, Some(&reason))
+                .await;
+        };
+        let request = SubmitStepRequest {
+            task_id: task_id.to_owned(),
+            step_id: step_id.to_owned(),
+            inputs: inputs.into_iter().collect(),
+        };
+        if let Err(status) = live.client().submit_step(request).await {
+            let reason = format!(
+                "plugin {plugin} did not accept the input of step `{step_id}`: {}",
+                status.message()
+            );
+            return self
+                .finish(task_id, TaskStatus::Failure, Some(&reason))
+                .await;
+        }
+        self.webhooks
+            .notify(task_id, &self.base, &[WebhookEvent::Steps])
+            .await;
+        Ok(())
+    }
+
+    /// Ends a task once, notifies its followers and subscribers.
+    pub(crate) async fn finish(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if !self.store.finish(task_id, status, reason).await? {
+            return Ok(());
+        }
+        tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
+        if let Some(reason) = reason {
+            self.live.publish(
+                task_id,
+                LiveEvent {
+                    kind: "log",
+                    data: json!({"text": reason}),
+                },
+            );
+        }
+        self.live.finish(
+            task_id,
+            LiveEvent {
+                kind: "status",
+                data: json!({"status": status.as_str()}),
+            },
+        );
+        self.webhooks
+            .notify(
+                task_id,
+                &self.base,
+                &[WebhookEvent::Status, WebhookEvent::Details],
+            )
+            .await;
+        Ok(())
+    }
+
+    /// A broken call: a crash of the plugin's process (with the supervisor's
+    /// reason), or another gRPC error.
+    async fn broken(&self, live: &LivePlugin, status: tonic::Status) -> Outcome {
+        let identifier = live.identifier.clone();
+        let pid = live.pid;
+        let gone = tokio::time::timeout(
+            CRASH_REPORT_WAIT,
+            self.directory
+                .wait_for(|table| table.ready(&identifier).is_none_or(|now| now.pid != pid)),
+        )
+        .await
+        .is_ok();
+        if gone || status.code() == tonic::Code::Unavailable {
+            let how = self
+                .directory
+                .snapshot()
+                .last_exit_reason(&live.folder)
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default();
+            return Outcome::Crashed(format!(
+                "plugin {} stopped while running the task{how}",
+                live.identifier
+            ));
+        }
+        Outcome::Failure(format!(
+            "plugin {} failed: {} ({:?})",
+            live.identifier,
+            status.message(),
+            status.code()
+        ))
+    }
+
+    fn protocol_error(&self, live: &LivePlugin, what: &str) -> Outcome {
+        tracing::warn!(plugin = %live.identifier, what, "plugin protocol error");
+        Outcome::Failure(format!("plugin {} {what}", live.identifier))
+    }
+
+    async fn wait_until_ready(&self, plugin: &str) -> Option<Arc<LivePlugin>> {
+        let wait = self
+            .directory
+            .wait_for(|table| table.ready(plugin).is_some());
+        tokio::time::timeout(READY_WAIT, wait).await.ok()?;
+        self.directory.snapshot().ready(plugin).cloned()
+    }
+}
+
+struct OpenOutput {
+    record: FileRecord,
+    sink: Box<dyn FileSink>,
+    size: u64,
+}
+
+async fn abort(output: Option<OpenOutput>) {
+    if let Some(output) = output {
+        output.sink.abort().await;
+    }
+}

@@ -1,0 +1,72 @@
+//! The gateway's configuration and the state its handlers share.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use crate::{directory::Directory, runner::Runner, store::Store};
+
+/// What `corral gateway` (and `corral serve`) is configured with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where the REST API listens.
+    pub http: SocketAddr,
+    /// The supervisor's gRPC URL, e.g. `http://127.0.0.1:5006`.
+    pub supervisor_url: String,
+    /// `postgres://…` or `sqlite:…`.
+    pub database_url: String,
+    /// Holds output files and uploads (`<data_dir>/files`).
+    pub data_dir: PathBuf,
+    /// How many reverse proxies' `X-Forwarded-*` headers to trust.
+    pub trusted_proxies: usize,
+    /// The public base URL for links made outside a request (webhooks, events),
+    /// e.g. `http://127.0.0.1:5005`.
+    pub public_url: String,
+    /// The title answered by `GET /`.
+    pub title: String,
+    /// The largest request body.
+    pub max_body_bytes: usize,
+    /// The largest output file a plugin may write.
+    pub max_output_bytes: u64,
+}
+
+impl GatewayConfig {
+    /// The defaults for a gateway on `http` talking to the supervisor at `supervisor_url`.
+    pub fn new(
+        http: SocketAddr,
+        supervisor_url: String,
+        database_url: String,
+        data_dir: PathBuf,
+    ) -> Self {
+        Self {
+            http,
+            supervisor_url,
+            database_url,
+            data_dir,
+            trusted_proxies: 0,
+            public_url: format!("http://{http}"),
+            title: "Corral plugin runner".into(),
+            max_body_bytes: 256 * 1024 * 1024,
+            max_output_bytes: 8 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Runtime settings derived from the config.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) trusted_proxies: usize,
+    /// The host used when a request has no usable Host header.
+    pub(crate) public_host: String,
+    pub(crate) title: String,
+    pub(crate) max_body_bytes: usize,
+    /// Base URL plugins use to read uploaded input files.
+    pub(crate) internal_url: String,
+}
+
+/// What every handler gets.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) config: Arc<Settings>,
+    pub(crate) store: Store,
+    pub(crate) directory: Directory,
+    pub(crate) runner: Runner,
+}

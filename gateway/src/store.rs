@@ -1,0 +1,509 @@
+//! Durable task state: one schema (`migrations/`) and one set of queries, run on
+//! PostgreSQL in production and SQLite as the embedded default (sqlx `Any`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{
+    AnyPool, Row,
+    any::{AnyPoolOptions, AnyRow},
+};
+
+/// A task's lifecycle status, as the REST contract spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    /// Not finished.
+    Pending,
+    /// Finished well.
+    Success,
+    /// Finished with an error.
+    Failure,
+}
+
+impl TaskStatus {
+    /// `PENDING`, `SUCCESS` or `FAILURE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Success => "SUCCESS",
+            Self::Failure => "FAILURE",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PENDING" => Some(Self::Pending),
+            "SUCCESS" => Some(Self::Success),
+            "FAILURE" => Some(Self::Failure),
+            _ => None,
+        }
+    }
+}
+
+/// Progress as the plugin reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Current value.
+    pub value: i64,
+    /// Where it started.
+    pub start: i64,
+    /// Where it ends.
+    pub target: i64,
+    /// E.g. `%`.
+    pub unit: String,
+}
+
+/// A step of a multi-step task.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// The plugin's id of the step, e.g. `demo-step`.
+    pub step_id: String,
+    /// The step's form fields, as JSON (see `forms`).
+    pub form: String,
+    /// Whether its input was submitted.
+    pub cleared: bool,
+}
+
+/// A stored file: a task output or an uploaded input.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    /// Public id, part of the URL.
+    pub id: String,
+    /// The `file-id` query value that must accompany the id.
+    pub secret: String,
+    /// The task it belongs to.
+    pub task_id: Option<String>,
+    /// `output` or `input`.
+    pub kind: FileKind,
+    /// Order among the task's outputs.
+    pub position: i64,
+    /// File name, if any.
+    pub name: Option<String>,
+    /// QHAna data type.
+    pub data_type: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Bytes.
+    pub size: i64,
+    /// Where the file store keeps it.
+    pub storage_key: String,
+}
+
+/// What a stored file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Produced by a task.
+    Output,
+    /// Uploaded with a task's form.
+    Input,
+}
+
+impl FileKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Output => "output",
+            Self::Input => "input",
+        }
+    }
+}
+
+/// A task with everything its status shows.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    /// Unguessable id.
+    pub id: String,
+    /// The plugin identifier, e.g. `hello-world@v0-2-1`.
+    pub plugin: String,
+    /// See [`TaskStatus`]; `None` for a value no status names (shown as `UNKNOWN`).
+    pub status: Option<TaskStatus>,
+    /// The task log.
+    pub log: String,
+    /// Last progress.
+    pub progress: Option<Progress>,
+    /// Validated inputs, as a JSON object of strings.
+    pub inputs: String,
+    /// How many times the task was started.
+    pub attempts: i64,
+    /// Steps in order.
+    pub steps: Vec<StepRecord>,
+    /// Output files in order.
+    pub outputs: Vec<FileRecord>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds, when finished.
+    pub finished_at: Option<i64>,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// The migrations could not be applied.
+    #[error("failed to migrate the database")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names a database we do not support.
+    #[error("unsupported database URL `{0}`: expected postgres://… or sqlite:…")]
+    UnsupportedUrl(String),
+}
+
+/// The task store: a connection pool over PostgreSQL or SQLite.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite:…`) and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(StoreError::UnsupportedUrl(redact(url)));
+        }
+        let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 16 });
+        if sqlite {
+            options = options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                    )
+                    .execute(connection)
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Inserts a new `PENDING` task; committed when this returns.
+    pub async fn create_task(
+        &self,
+        id: &str,
+        plugin: &str,
+        inputs: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO tasks (id, plugin, status, log, inputs, attempts, created_at, updated_at) \
+             VALUES ($1, $2, 'PENDING', '', $3, 0, $4, $4)",
+        )
+        .bind(id)
+        .bind(plugin)
+        .bind(inputs)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Files uploaded with a task's form are created before the task: attach them.
+    pub async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
+             size, storage_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&file.id)
+        .bind(&file.secret)
+        .bind(file.task_id.as_deref())
+        .bind(file.kind.as_str())
+        .bind(file.position)
+        .bind(file.name.as_deref())
+        .bind(&file.data_type)
+        .bind(&file.content_type)
+        .bind(file.size)
+        .bind(&file.storage_key)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Links uploaded input files to the task they were uploaded for.
+    pub async fn attach_input_file(&self, file_id: &str, task_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE files SET task_id = $1 WHERE id = $2 AND kind = 'input'")
+            .bind(task_id)
+            .bind(file_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The task with its steps and outputs.
+    pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, plugin, status, log, progress_value, progress_start, progress_target, \
+             progress_unit, inputs, attempts, created_at, finished_at FROM tasks WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(
+            "SELECT step_id, form, cleared FROM task_steps WHERE task_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|step| {
+            Ok(StepRecord {
+                step_id: step.try_get("step_id")?,
+                form: step.try_get("form")?,
+                cleared: step.try_get::<i64, _>("cleared")? != 0,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let outputs = sqlx::query(
+            "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, storage_key \
+             FROM files WHERE task_id = $1 AND kind = 'output' ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(file_record)
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let progress = match row.try_get::<Option<i64>, _>("progress_value")? {
+            Some(value) => Some(Progress {
+                value,
+                start: row
+                    .try_get::<Option<i64>, _>("progress_start")?
+                    .unwrap_or(0),
+                target: row
+                    .try_get::<Option<i64>, _>("progress_target")?
+                    .unwrap_or(100),
+                unit: row
+                    .try_get::<Option<String>, _>("progress_unit")?
+                    .unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok(Some(TaskRecord {
+            id: row.try_get("id")?,
+            plugin: row.try_get("plugin")?,
+            status: TaskStatus::parse(&row.try_get::<String, _>("status")?),
+            log: row.try_get("log")?,
+            progress,
+            inputs: row.try_get("inputs")?,
+            attempts: row.try_get("attempts")?,
+            steps,
+            outputs,
+            created_at: row.try_get("created_at")?,
+            finished_at: row.try_get("finished_at")?,
+        }))
+    }
+
+    /// Counts one more start of the task.
+    pub async fn begin_attempt(&self, id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE tasks SET attempts = attempts + 1, updated_at = $2 WHERE id = $1 RETURNING attempts",
+        )
+        .bind(id)
+        .bind(now_millis())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("attempts")?)
+    }
+
+    /// Appends a line to the task's log.
+    pub async fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
+        // The line end is bound, not written in SQL: the two databases escape differently.
+        sqlx::query(
+            "UPDATE tasks SET log = CASE WHEN log = '' THEN $2 ELSE log || $3 END, \
+             updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(line)
+        .bind(format!("\n{line}"))
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the latest progress.
+    pub async fn set_progress(&self, id: &str, progress: &Progress) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET progress_value = $2, progress_start = $3, progress_target = $4, \
+             progress_unit = $5, updated_at = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(progress.value)
+        .bind(progress.start)
+        .bind(progress.target)
+        .bind(&progress.unit)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a pending step after the existing ones.
+    pub async fn add_step(&self, id: &str, step_id: &str, form: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO task_steps (task_id, position, step_id, form, cleared) \
+             SELECT $1, COUNT(*), $2, $3, 0 FROM task_steps WHERE task_id = $1",
+        )
+        .bind(id)
+        .bind(step_id)
+        .bind(form)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the task's uncleared step `step_id` cleared; false when there is none.
+    pub async fn clear_step(&self, id: &str, step_id: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE task_steps SET cleared = 1 WHERE task_id = $1 AND step_id = $2 AND cleared = 0",
+        )
+        .bind(id)
+        .bind(step_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Ends a task: its status and, for a failure, the reason appended to its log.
+    /// A task that already ended is left as it is; returns whether this call ended it.
+    pub async fn finish(
+        &self,
+        id: &str,
+        status: TaskStatus,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let result = sqlx::query(
+            "UPDATE tasks SET status = $2, \
+             log = CASE WHEN $3 = '' THEN log WHEN log = '' THEN $3 ELSE log || $4 END, \
+             updated_at = $5, finished_at = $5 WHERE id = $1 AND status = 'PENDING'",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(reason.unwrap_or(""))
+        .bind(format!("\n{}", reason.unwrap_or("")))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Ids of the tasks that have not ended, oldest first.
+    pub async fn pending_tasks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, plugin FROM tasks WHERE status = 'PENDING' ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("plugin")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// A stored file by its public id.
+    pub async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, storage_key \
+             FROM files WHERE id = $1",
+        )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(file_record).transpose()?)
+    }
+
+    /// Adds a webhook subscription; a duplicate is ignored. `event` is `""` for all.
+    pub async fn subscribe(&self, id: &str, href: &str, event: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO subscriptions (task_id, webhook_href, event) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(href)
+        .bind(event)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a webhook subscription (all of the href's when `event` is `None`).
+    pub async fn unsubscribe(
+        &self,
+        id: &str,
+        href: &str,
+        event: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM subscriptions WHERE task_id = $1 AND webhook_href = $2 \
+             AND ($3 = '*' OR event = $3)",
+        )
+        .bind(id)
+        .bind(href)
+        .bind(event.unwrap_or("*"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The webhooks to call for `event` of a task.
+    pub async fn subscribers(&self, id: &str, event: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT webhook_href FROM subscriptions WHERE task_id = $1 \
+             AND (event = '' OR event = $2) ORDER BY webhook_href",
+        )
+        .bind(id)
+        .bind(event)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("webhook_href"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
+    Ok(FileRecord {
+        id: row.try_get("id")?,
+        secret: row.try_get("secret")?,
+        task_id: row.try_get("task_id")?,
+        kind: if row.try_get::<String, _>("kind")? == "input" {
+            FileKind::Input
+        } else {
+            FileKind::Output
+        },
+        position: row.try_get("position")?,
+        name: row.try_get("name")?,
+        data_type: row.try_get("data_type")?,
+        content_type: row.try_get("content_type")?,
+        size: row.try_get("size")?,
+        storage_key: row.try_get("storage_key")?,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.chars().take(64).collect(),
+    }
+}

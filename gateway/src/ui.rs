@@ -1,0 +1,351 @@
+//! Micro-frontends: the HTML forms rendered from a plugin's declared inputs, with
+//! the `postMessage` protocol qhana-ui speaks to the iframe it shows them in.
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use corral_proto::plugin::v1::{Choice, FieldKind, FormField};
+use serde_json::{Value, json};
+
+use crate::error::FieldErrors;
+
+/// What a page shows around its form.
+#[derive(Debug)]
+pub(crate) struct Page<'a> {
+    /// The heading.
+    pub title: &'a str,
+    /// Text under the heading.
+    pub description: &'a str,
+    /// The form's fields.
+    pub fields: &'a [FormField],
+    /// Values to show (query, posted values, or defaults).
+    pub values: &'a BTreeMap<String, String>,
+    /// Errors to show beside their fields.
+    pub errors: &'a FieldErrors,
+    /// Where the form is submitted (the `process/` URL).
+    pub submit_url: &'a str,
+    /// An HTML fragment the plugin rendered (a visualization's data).
+    pub preview: Option<&'a str>,
+}
+
+/// Renders a complete micro-frontend page.
+pub(crate) fn render(page: &Page<'_>) -> String {
+    let mut html = String::with_capacity(4096);
+    let _ = write!(
+        html,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title><style>{STYLE}</style></head><body>\
+         <main><h1>{title}</h1>",
+        title = escape(page.title),
+    );
+    if !page.description.is_empty() {
+        let _ = write!(
+            html,
+            "<p class=\"description\">{}</p>",
+            escape(page.description)
+        );
+    }
+    if let Some(preview) = page.preview {
+        let _ = write!(html, "<section class=\"preview\">{preview}</section>");
+    }
+    let _ = write!(
+        html,
+        "<form method=\"post\" action=\"{}\" enctype=\"application/x-www-form-urlencoded\" \
+         data-submit-url=\"{}\" novalidate>",
+        escape(page.submit_url),
+        escape(page.submit_url)
+    );
+    for field in page.fields {
+        render_field(&mut html, field, page.values, page.errors);
+    }
+    html.push_str("<button type=\"submit\">Submit</button></form></main>");
+    let _ = write!(html, "<script>{SCRIPT}</script></body></html>");
+    html
+}
+
+fn render_field(
+    html: &mut String,
+    field: &FormField,
+    values: &BTreeMap<String, String>,
+    errors: &FieldErrors,
+) {
+    let kind = FieldKind::try_from(field.kind).unwrap_or(FieldKind::Text);
+    let name = escape(&field.field);
+    let label = if field.label.is_empty() {
+        name.clone()
+    } else {
+        escape(&field.label)
+    };
+    let value = values
+        .get(&field.field)
+        .or(field.default.as_ref())
+        .map(|value| escape(value))
+        .unwrap_or_default();
+    let required = if field.required { " required" } else { "" };
+    let invalid = errors.contains_key(&field.field);
+    let _ = write!(
+        html,
+        "<div class=\"field{}\"><label for=\"{name}\">{label}{}</label>",
+        if invalid { " invalid" } else { "" },
+        if field.required { " *" } else { "" }
+    );
+    match kind {
+        FieldKind::Textarea => {
+            let _ = write!(
+                html,
+                "<textarea id=\"{name}\" name=\"{name}\"{required}>{value}</textarea>"
+            );
+        }
+        FieldKind::Boolean => {
+            let checked = matches!(value.as_str(), "true" | "on" | "1");
+            let _ = write!(
+                html,
+                "<input type=\"checkbox\" id=\"{name}\" name=\"{name}\" value=\"true\"{}>",
+                if checked { " checked" } else { "" }
+            );
+        }
+        FieldKind::Choice => {
+            let _ = write!(html, "<select id=\"{name}\" name=\"{name}\"{required}>");
+            for Choice {
+                value: option,
+                label,
+            } in &field.choices
+            {
+                let option = escape(option);
+                let _ = write!(
+                    html,
+                    "<option value=\"{option}\"{}>{}</option>",
+                    if option == value { " selected" } else { "" },
+                    escape(if label.is_empty() {
+                        option.as_str()
+                    } else {
+                        label
+                    })
+                );
+            }
+            html.push_str("</select>");
+        }
+        FieldKind::File => {
+            let _ = write!(
+                html,
+                "<input type=\"file\" id=\"{name}\" name=\"{name}\"{required}>"
+            );
+        }
+        FieldKind::Data => {
+            let content_types = escape(&field.data_content_types.join(" "));
+            let _ = write!(
+                html,
+                "<input type=\"text\" id=\"{name}\" name=\"{name}\" value=\"{value}\"{required} \
+                 data-input-type=\"data\" data-input=\"{}\" data-content-type=\"{content_types}\">",
+                escape(&field.data_type)
+            );
+        }
+        FieldKind::Integer | FieldKind::Number => {
+            let step = if kind == FieldKind::Integer {
+                "1"
+            } else {
+                "any"
+            };
+            let _ = write!(
+                html,
+                "<input type=\"number\" step=\"{step}\" id=\"{name}\" name=\"{name}\" value=\"{value}\"{required}>"
+            );
+        }
+        FieldKind::Text | FieldKind::Unspecified => {
+            let _ = write!(
+                html,
+                "<input type=\"text\" id=\"{name}\" name=\"{name}\" value=\"{value}\"{required}>"
+            );
+        }
+    }
+    if !field.help.is_empty() {
+        let _ = write!(html, "<small>{}</small>", escape(&field.help));
+    }
+    for message in errors.get(&field.field).into_iter().flatten() {
+        let _ = write!(html, "<p class=\"error\">{}</p>", escape(message));
+    }
+    html.push_str("</div>");
+}
+
+/// Escapes text for HTML content and attribute values.
+pub(crate) fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// A step's form as stored with the task (JSON).
+pub(crate) fn encode_form(fields: &[FormField]) -> String {
+    let fields: Vec<Value> = fields
+        .iter()
+        .map(|field| {
+            json!({
+                "field": field.field, "label": field.label, "help": field.help,
+                "kind": field.kind, "required": field.required, "default": field.default,
+                "choices": field.choices.iter()
+                    .map(|choice| json!({"value": choice.value, "label": choice.label}))
+                    .collect::<Vec<_>>(),
+                "dataType": field.data_type, "dataContentTypes": field.data_content_types,
+            })
+        })
+        .collect();
+    Value::Array(fields).to_string()
+}
+
+/// The inverse of [`encode_form`]; a damaged form decodes as no fields.
+pub(crate) fn decode_form(json: &str) -> Vec<FormField> {
+    let Ok(Value::Array(fields)) = serde_json::from_str::<Value>(json) else {
+        return Vec::new();
+    };
+    let text = |field: &Value, key: &str| field[key].as_str().unwrap_or_default().to_owned();
+    fields
+        .iter()
+        .map(|field| FormField {
+            field: text(field, "field"),
+            label: text(field, "label"),
+            help: text(field, "help"),
+            kind: field["kind"]
+                .as_i64()
+                .and_then(|kind| i32::try_from(kind).ok())
+                .unwrap_or_default(),
+            required: field["required"].as_bool().unwrap_or_default(),
+            default: field["default"].as_str().map(str::to_owned),
+            choices: field["choices"]
+                .as_array()
+                .map(|choices| {
+                    choices
+                        .iter()
+                        .map(|choice| Choice {
+                            value: text(choice, "value"),
+                            label: text(choice, "label"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            data_type: text(field, "dataType"),
+            data_content_types: field["dataContentTypes"]
+                .as_array()
+                .map(|types| {
+                    types
+                        .iter()
+                        .filter_map(|content_type| content_type.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#1d1d1f}\
+main{max-width:48rem}h1{font-size:1.4rem;margin:0 0 .5rem}.description{color:#555}\
+.field{display:flex;flex-direction:column;margin:0 0 1rem}label{font-weight:600;margin-bottom:.25rem}\
+input[type=text],input[type=number],textarea,select{padding:.4rem;border:1px solid #bbb;border-radius:4px;font:inherit}\
+textarea{min-height:6rem}small{color:#666}.invalid input,.invalid textarea,.invalid select{border-color:#c00}\
+.error{color:#c00;margin:.25rem 0 0}button{padding:.5rem 1.2rem;font:inherit;cursor:pointer}\
+.preview{overflow:auto;margin:0 0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}";
+
+/// The micro-frontend side of qhana-ui's `postMessage` protocol.
+const SCRIPT: &str = r#"(function () {
+  "use strict";
+  var state = { preventSubmit: false };
+  function send(message) { if (window.parent !== window) { window.parent.postMessage(message, "*"); } }
+  function resize() { send({ type: "ui-resize", height: document.documentElement.scrollHeight }); }
+  window.addEventListener("message", function (event) {
+    var data = event.data;
+    if (data === "ui-prevent-submit") { state.preventSubmit = true; }
+    else if (data === "ui-allow-submit") { state.preventSubmit = false; }
+    else if (data && data.type === "load-css" && Array.isArray(data.urls)) {
+      data.urls.forEach(function (url) {
+        var link = document.createElement("link");
+        link.rel = "stylesheet"; link.href = url; document.head.appendChild(link);
+      });
+      resize();
+    }
+  });
+  var form = document.querySelector("form");
+  if (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var submitUrl = new URL(form.dataset.submitUrl, window.location.href).href;
+      var hasFiles = form.querySelector("input[type=file]") !== null;
+      var formData = hasFiles ? new FormData(form) : new URLSearchParams(new FormData(form));
+      var dataInputs = Array.prototype.map.call(
+        form.querySelectorAll("[data-input-type=data]"), function (input) { return input.name; });
+      var message = { type: "form-submit", formData: hasFiles ? null : formData.toString(),
+        formDataType: "application/x-www-form-urlencoded", dataInputs: dataInputs, submitUrl: submitUrl };
+      if (state.preventSubmit) { send(message); return; }
+      fetch(submitUrl, { method: "POST", body: formData, redirect: "follow" })
+        .then(function (response) {
+          if (response.ok) { message.resultUrl = response.url; send(message); return; }
+          return response.text().then(function (text) {
+            send({ type: "form-error", status: response.status, error: text });
+          });
+        })
+        .catch(function (error) { send({ type: "form-error", status: 0, error: String(error) }); });
+    });
+  }
+  if (window.ResizeObserver) { new ResizeObserver(resize).observe(document.body); }
+  window.addEventListener("load", function () { send("ui-loaded"); resize(); });
+})();"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, kind: FieldKind) -> FormField {
+        FormField {
+            field: name.into(),
+            label: "Label".into(),
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn forms_escape_values_and_mark_data_inputs() {
+        let mut data = field("data", FieldKind::Data);
+        data.data_type = "entity/list".into();
+        data.data_content_types = vec!["text/csv".into(), "application/json".into()];
+        let fields = [field("inputStr", FieldKind::Text), data];
+        let values = BTreeMap::from([("inputStr".to_string(), "<b>\"x\"".to_string())]);
+        let mut errors = FieldErrors::new();
+        errors.insert(
+            "data".into(),
+            vec!["Missing data for required field.".into()],
+        );
+        let html = render(&Page {
+            title: "Demo",
+            description: "",
+            fields: &fields,
+            values: &values,
+            errors: &errors,
+            submit_url: "/plugins/demo@v1/process/",
+            preview: None,
+        });
+        assert!(html.contains("value=\"&lt;b&gt;&quot;x&quot;\""), "{html}");
+        assert!(html.contains(
+            "data-input-type=\"data\" data-input=\"entity/list\" data-content-type=\"text/csv application/json\""
+        ));
+        assert!(html.contains("<p class=\"error\">Missing data for required field.</p>"));
+        assert!(html.contains("ui-loaded") && html.contains("form-submit"));
+    }
+
+    #[test]
+    fn step_forms_survive_storage() {
+        let mut text = field("inputStr", FieldKind::Text);
+        text.default = Some("Input from preprocessing: x".into());
+        text.required = true;
+        let decoded = decode_form(&encode_form(std::slice::from_ref(&text)));
+        assert_eq!(decoded, vec![text]);
+        assert!(decode_form("not json").is_empty());
+    }
+}
