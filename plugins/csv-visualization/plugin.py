@@ -70,7 +70,10 @@ def read_data(url):
 
 def table(url):
     text = read_data(url).decode("utf-8", errors="replace")
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as error:
+        raise TaskError(f"the data is not valid CSV: {error}") from error
     if not rows:
         return '<table class="csv-table"></table>'
     out = ['<table class="csv-table"><thead><tr>']
@@ -97,7 +100,7 @@ class CsvVisualization(plugin_grpc.PluginServicer):
             return
         try:
             page = table(url).encode("utf-8")
-        except TaskError as error:
+        except Exception as error:  # every failure ends the task with its reason
             yield plugin_pb2.InvokeEvent(error=plugin_pb2.TaskError(message=str(error)))
             return
         yield plugin_pb2.InvokeEvent(output_begin=plugin_pb2.OutputBegin(
@@ -116,12 +119,13 @@ class CsvVisualization(plugin_grpc.PluginServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing input `data`")
         try:
             return plugin_pb2.RenderResponse(html=table(url))
-        except TaskError as error:
+        except Exception as error:  # answered as a status, never an UNKNOWN
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
 def main():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    # Health checks share this pool: keep it larger than the expected parallel tasks.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     plugin_grpc.add_PluginServicer_to_server(CsvVisualization(), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

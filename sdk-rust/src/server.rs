@@ -92,6 +92,9 @@ pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
     health_reporter
         .set_not_serving::<PluginServer<PluginService<P>>>()
         .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     shutdown.cancel();
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(served)) => served.map_err(Error::from),
@@ -170,7 +173,8 @@ impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
             };
             let terminal = match outcome {
                 Ok(Ok(())) => Event::Result(pb::TaskResult {}),
-                Ok(Err(Error::Cancelled)) => return,
+                // Cancelled because the caller went away: nobody to tell.
+                Ok(Err(Error::Cancelled)) if events.is_closed() => return,
                 Ok(Err(error)) => Event::Error(pb::TaskError {
                     message: error.to_string(),
                 }),
@@ -198,7 +202,7 @@ impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .remove(&(request.task_id.clone(), request.step_id.clone()));
-        let Some(deliver) = waiting else {
+        let Some((_, deliver)) = waiting else {
             return Err(Status::not_found(format!(
                 "no task `{}` waits for step `{}`",
                 request.task_id, request.step_id

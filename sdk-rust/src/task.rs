@@ -53,8 +53,14 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Inputs {
 
 pub(crate) type EventSender = mpsc::Sender<Result<pb::InvokeEvent, tonic::Status>>;
 
-/// Tasks waiting for a step's input: (task id, step id) → where to deliver it.
-pub(crate) type PendingSteps = Arc<Mutex<HashMap<(String, String), oneshot::Sender<Inputs>>>>;
+/// Tasks waiting for a step's input: (task id, step id) → the waiting call's
+/// number and where to deliver the input.
+pub(crate) type PendingSteps = Arc<Mutex<StepWaits>>;
+
+/// (task id, step id) → the waiting call's number and where to deliver the input.
+pub(crate) type StepWaits = HashMap<(String, String), (u64, oneshot::Sender<Inputs>)>;
+
+static NEXT_WAIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One running task. Every method fails with [`Error::Cancelled`] once the
 /// gateway dropped the call; return that error and the task ends.
@@ -126,10 +132,21 @@ impl Task {
     pub async fn step(&self, step_id: &str, inputs: Vec<Field>) -> Result<Inputs, Error> {
         let key = (self.id.clone(), step_id.to_owned());
         let (deliver, delivered) = oneshot::channel();
-        self.pending_steps().insert(key.clone(), deliver);
+        let wait = NEXT_WAIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut pending = self.pending_steps();
+            if pending.contains_key(&key) {
+                return Err(Error::task(format!(
+                    "another run of task `{}` already waits for step `{step_id}`",
+                    self.id
+                )));
+            }
+            pending.insert(key.clone(), (wait, deliver));
+        }
         let _forget_on_drop = StepGuard {
             steps: &self.steps,
             key,
+            wait,
         };
         self.send(Event::StepRequired(pb::StepRequired {
             step_id: step_id.to_owned(),
@@ -154,26 +171,32 @@ impl Task {
             .map_err(|_| Error::Cancelled)
     }
 
-    fn pending_steps(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), oneshot::Sender<Inputs>>> {
+    fn pending_steps(&self) -> std::sync::MutexGuard<'_, StepWaits> {
         self.steps
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
+/// Removes this call's wait (and only this call's) when the step ends.
 struct StepGuard<'a> {
     steps: &'a PendingSteps,
     key: (String, String),
+    wait: u64,
 }
 
 impl Drop for StepGuard<'_> {
     fn drop(&mut self) {
-        self.steps
+        let mut pending = self
+            .steps
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|poison| poison.into_inner());
+        if pending
+            .get(&self.key)
+            .is_some_and(|(wait, _)| *wait == self.wait)
+        {
+            pending.remove(&self.key);
+        }
     }
 }
 

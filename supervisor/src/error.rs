@@ -1,7 +1,7 @@
 //! The supervisor's errors, and their one mapping to gRPC statuses.
 
 /// What an admin or registry call can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SupervisorError {
     /// No plugin of that folder name or identifier.
     #[error("no plugin named `{0}`")]

@@ -141,6 +141,8 @@ enum Phase {
         process: Process,
         kill_at: Option<Instant>,
         then: AfterStop,
+        /// Operators waiting for the stop (or restart) to complete.
+        waiters: Waiters,
     },
     Failed,
     Exited,
@@ -165,7 +167,12 @@ pub(crate) struct PluginTask {
     restarts: u32,
     last_exit_reason: Option<String>,
     error: Option<String>,
+    /// Set once this task has acted on the supervisor's shutdown.
+    shutdown_handled: bool,
 }
+
+/// Callers waiting for a stop (or restart) to complete.
+type Waiters = Vec<oneshot::Sender<Result<(), SupervisorError>>>;
 
 /// The ends of a plugin task that others hold.
 pub(crate) struct PluginChannels {
@@ -235,6 +242,7 @@ impl PluginTask {
             restarts: 0,
             last_exit_reason: None,
             error,
+            shutdown_handled: false,
         };
         let channels = PluginChannels {
             commands: command_tx,
@@ -252,7 +260,7 @@ impl PluginTask {
         }
         loop {
             let deadline = self.deadline();
-            let shutting_down = self.shared.shutdown.is_cancelled();
+            let shutdown_handled = self.shutdown_handled;
             tokio::select! {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(event) = self.event_inbox.recv() => {
@@ -263,7 +271,8 @@ impl PluginTask {
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.on_deadline();
                 }
-                () = self.shared.shutdown.cancelled(), if !shutting_down => {
+                () = self.shared.shutdown.cancelled(), if !shutdown_handled => {
+                    self.shutdown_handled = true;
                     if self.begin_shutdown() {
                         break;
                     }
@@ -287,22 +296,50 @@ impl PluginTask {
         }
     }
 
-    /// Handles a command and publishes the new state before answering, so the
-    /// caller reads the state its command produced.
+    /// Handles a command. Commands that stop a process answer once it is gone
+    /// (and, for a restart, once the new one is spawned); the state is published
+    /// before any answer, so the caller reads the state its command produced.
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Start(reply) => {
+                if matches!(self.phase, Phase::Stopping { .. }) {
+                    self.set_after_stop(AfterStop::Restart);
+                    self.wait_for_stop(reply);
+                    return;
+                }
                 let result = self.operator_start();
                 self.publish();
                 let _ = reply.send(result);
             }
-            Command::Restart(reply) => {
-                let result = self.operator_restart();
-                self.publish();
-                let _ = reply.send(result);
-            }
+            Command::Restart(reply) => match &self.phase {
+                Phase::Starting { .. } | Phase::Ready { .. } => {
+                    self.tracker.clear();
+                    self.begin_stop(AfterStop::Restart);
+                    self.wait_for_stop(reply);
+                }
+                Phase::Stopping { .. } => {
+                    self.set_after_stop(AfterStop::Restart);
+                    self.wait_for_stop(reply);
+                }
+                _ => {
+                    let result = self.operator_start();
+                    self.publish();
+                    let _ = reply.send(result);
+                }
+            },
             Command::Stop(reply) => {
-                self.operator_stop();
+                match &self.phase {
+                    Phase::Starting { .. } | Phase::Ready { .. } => {
+                        self.begin_stop(AfterStop::Stay);
+                    }
+                    Phase::Stopping { .. } => self.set_after_stop(AfterStop::Stay),
+                    Phase::Backoff { .. } | Phase::Exited => self.phase = Phase::Stopped,
+                    Phase::Stopped | Phase::Failed => {}
+                }
+                if matches!(self.phase, Phase::Stopping { .. }) {
+                    self.wait_for_stop(reply);
+                    return;
+                }
                 self.publish();
                 let _ = reply.send(Ok(()));
             }
@@ -317,27 +354,12 @@ impl PluginTask {
         }
     }
 
-    fn operator_restart(&mut self) -> Result<(), SupervisorError> {
-        match &self.phase {
-            Phase::Starting { .. } | Phase::Ready { .. } => {
-                self.tracker.clear();
-                self.begin_stop(AfterStop::Restart);
-                Ok(())
-            }
-            Phase::Stopping { .. } => {
-                self.set_after_stop(AfterStop::Restart);
-                Ok(())
-            }
-            _ => self.operator_start(),
-        }
-    }
-
-    fn operator_stop(&mut self) {
-        match &self.phase {
-            Phase::Starting { .. } | Phase::Ready { .. } => self.begin_stop(AfterStop::Stay),
-            Phase::Stopping { .. } => self.set_after_stop(AfterStop::Stay),
-            Phase::Backoff { .. } | Phase::Exited => self.phase = Phase::Stopped,
-            Phase::Stopped | Phase::Failed => {}
+    /// Answers `reply` once the stopping process is gone.
+    fn wait_for_stop(&mut self, reply: oneshot::Sender<Result<(), SupervisorError>>) {
+        if let Phase::Stopping { waiters, .. } = &mut self.phase {
+            waiters.push(reply);
+        } else {
+            let _ = reply.send(Ok(()));
         }
     }
 
@@ -377,15 +399,20 @@ impl PluginTask {
         Ok(())
     }
 
+    /// Changes what follows the current stop; a shutdown or a failure stands.
     fn set_after_stop(&mut self, action: AfterStop) {
         if let Phase::Stopping { then, .. } = &mut self.phase
-            && !matches!(then, AfterStop::Shutdown)
+            && !matches!(then, AfterStop::Shutdown | AfterStop::Fail(_))
         {
             *then = action;
         }
     }
 
     fn register(&mut self, request: RegisterRequest) -> Result<String, SupervisorError> {
+        let channel = Endpoint::from_shared(request.endpoint.clone())
+            .map_err(|_| SupervisorError::InvalidAddress(request.endpoint.clone()))?
+            .tcp_nodelay(true)
+            .connect_lazy();
         let Phase::Starting { process, .. } = &mut self.phase else {
             return Err(SupervisorError::BadToken);
         };
@@ -408,10 +435,6 @@ impl PluginTask {
             self.begin_stop(AfterStop::Fail(error.to_string()));
             return Err(error);
         }
-        let channel = Endpoint::from_shared(request.endpoint.clone())
-            .map_err(|_| SupervisorError::InvalidAddress(request.endpoint.clone()))?
-            .tcp_nodelay(true)
-            .connect_lazy();
         let Phase::Starting { process, .. } = &mut self.phase else {
             return Err(SupervisorError::BadToken);
         };
@@ -494,36 +517,41 @@ impl PluginTask {
             self.phase = phase;
             return false;
         }
-        // Whatever the leader left in its group goes with it.
-        spawn::signal_group(process.pid, Signal::SIGKILL);
         if let Some(probe) = &process.probe {
             probe.abort();
         }
         self.release_claim(process);
         tracing::info!(plugin = %self.name, pid = process.pid, %reason, "plugin process ended");
-        match phase {
-            Phase::Stopping { then, .. } => match then {
-                AfterStop::Stay => {
-                    self.last_exit_reason = Some(format!("stopped by operator ({reason})"));
-                }
-                AfterStop::Restart => {
-                    self.last_exit_reason = Some(format!("restarted by operator ({reason})"));
-                    self.start_process();
-                }
-                AfterStop::Crashed(crash) => self.after_crash(crash, false),
-                AfterStop::Fail(error) => {
-                    self.last_exit_reason = Some(reason);
-                    self.error = Some(error);
-                    self.phase = Phase::Failed;
-                }
-                AfterStop::Shutdown => {
-                    self.last_exit_reason = Some(format!("supervisor shut down ({reason})"));
-                    return true;
-                }
-            },
-            _ => self.after_crash(reason, success),
+        let Phase::Stopping { then, waiters, .. } = phase else {
+            self.after_crash(reason, success);
+            return false;
+        };
+        let mut end_task = false;
+        let mut answer = Ok(());
+        match then {
+            AfterStop::Stay => {
+                self.last_exit_reason = Some(format!("stopped by operator ({reason})"));
+            }
+            AfterStop::Restart => {
+                self.last_exit_reason = Some(format!("restarted by operator ({reason})"));
+                answer = self.operator_start();
+            }
+            AfterStop::Crashed(crash) => self.after_crash(crash, false),
+            AfterStop::Fail(error) => {
+                self.last_exit_reason = Some(reason);
+                self.error = Some(error);
+                self.phase = Phase::Failed;
+            }
+            AfterStop::Shutdown => {
+                self.last_exit_reason = Some(format!("supervisor shut down ({reason})"));
+                end_task = true;
+            }
         }
-        false
+        self.publish();
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+        end_task
     }
 
     /// Decides what follows the end of a process that was not asked to stop.
@@ -544,7 +572,6 @@ impl PluginTask {
             return;
         }
         match self.tracker.next(Instant::now(), rand::random::<f64>()) {
-            RestartDecision::After(delay) if delay.is_zero() => self.start_process(),
             RestartDecision::After(delay) => {
                 tracing::info!(plugin = %self.name, delay = ?delay, "restarting after backoff");
                 self.phase = Phase::Backoff {
@@ -653,6 +680,9 @@ impl PluginTask {
                     );
                 }
             }
+            Phase::Backoff { .. } if self.shared.shutdown.is_cancelled() => {
+                self.phase = Phase::Stopped;
+            }
             Phase::Backoff { .. } => self.start_process(),
             Phase::Stopping { .. } => self.kill_now(),
             Phase::Stopped | Phase::Failed | Phase::Exited => {}
@@ -705,6 +735,7 @@ impl PluginTask {
             process,
             kill_at,
             then,
+            waiters: Vec::new(),
         };
     }
 
@@ -773,7 +804,10 @@ impl PluginTask {
                 return;
             }
         };
-        let pid = child.id().unwrap_or_default();
+        let Some(pid) = child.id() else {
+            self.after_crash("the process ended before it could be watched".into(), false);
+            return;
+        };
         let span = tracing::info_span!("plugin", name = %self.name, pid);
         if let Some(stdout) = child.stdout.take() {
             logs::capture(
@@ -800,6 +834,9 @@ impl PluginTask {
                     Ok(status) => describe_exit(status),
                     Err(error) => (format!("failed to wait for the process: {error}"), false),
                 };
+                // Whatever the leader left in its group goes with it, at once: the
+                // sooner after reaping, the smaller the chance its pid is reused.
+                spawn::signal_group(pid, Signal::SIGKILL);
                 let _ = events
                     .send(Event::Exited {
                         generation,

@@ -11,6 +11,9 @@ use std::{
 
 use serde::Deserialize;
 
+/// The longest duration a manifest may give (so deadlines never overflow).
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The manifest's file name inside a plugin folder.
 pub const MANIFEST_FILE: &str = "plugin.toml";
 
@@ -255,8 +258,23 @@ impl Manifest {
         if self.start_timeout.is_zero() {
             return Err(invalid("start_timeout", "must be more than 0"));
         }
-        if self.log_lines == 0 {
-            return Err(invalid("log_lines", "must be at least 1"));
+        let durations = [
+            ("start_timeout", self.start_timeout),
+            ("stop_grace", self.stop_grace),
+            ("restart.backoff_initial", self.restart.backoff_initial),
+            ("restart.backoff_max", self.restart.backoff_max),
+            ("restart.restart_window", self.restart.restart_window),
+            ("health.interval", self.health.interval),
+            ("health.timeout", self.health.timeout),
+        ];
+        if let Some((field, _)) = durations
+            .iter()
+            .find(|(_, duration)| *duration > MAX_DURATION)
+        {
+            return Err(invalid(field, "must be at most 7 days"));
+        }
+        if self.log_lines == 0 || self.log_lines > 1_000_000 {
+            return Err(invalid("log_lines", "must be between 1 and 1000000"));
         }
         if let Some(name) = self.env.keys().find(|name| reserved_variable(name)) {
             return Err(invalid(

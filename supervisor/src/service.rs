@@ -45,11 +45,13 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(64);
+    let client_gone = sender.clone();
     let produced = produce(sender);
     tokio::spawn(async move {
         tokio::select! {
             () = produced => {}
             () = closing.cancelled() => {}
+            () = client_gone.closed() => {}
         }
     });
     Box::pin(ReceiverStream::new(receiver))

@@ -62,7 +62,9 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The supervisor may have died between fork and prctl.
             if nix::unistd::getppid() != supervisor_pid {
-                return Err(io::Error::other("supervisor exited during spawn"));
+                return Err(io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
             }
             for (resource, value) in limits.iter().flatten() {
                 nix::sys::resource::setrlimit(*resource, *value, *value)?;
@@ -94,9 +96,13 @@ fn rlimits(limits: &Limits) -> [Rlimit; 5] {
 /// Sends `signal` to every process of the group led by `pid`. A group that is
 /// already gone is not an error: stopping is idempotent.
 pub(crate) fn signal_group(pid: u32, signal: Signal) {
+    // 0 and 1 would signal our own group or every process we may signal.
     let Ok(raw) = i32::try_from(pid) else {
         return;
     };
+    if raw <= 1 {
+        return;
+    }
     match killpg(Pid::from_raw(raw), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(error) => tracing::warn!(pid, %signal, %error, "failed to signal process group"),

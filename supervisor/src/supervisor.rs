@@ -13,7 +13,7 @@ use crate::{
     lifecycle::{Command, PluginChannels, PluginTask, RegisterRequest, Shared},
     logs::LogLine,
     manifest,
-    state::{PluginSnapshot, PluginState},
+    state::PluginSnapshot,
 };
 
 /// How many state changes a slow watcher may fall behind before it is sent the
@@ -90,36 +90,19 @@ impl Supervisor {
         Ok(channels.status.borrow().clone())
     }
 
-    /// Stops a plugin; returns once its process group is gone.
+    /// Stops a plugin; returns once its process is gone.
     pub async fn stop_plugin(&self, plugin: &str) -> Result<PluginSnapshot, SupervisorError> {
         let channels = self.find(plugin)?;
         self.ask(channels, Command::Stop).await?;
-        let mut status = channels.status.clone();
-        let snapshot = status
-            .wait_for(|snapshot| snapshot.state.is_down())
-            .await
-            .map_err(|_| SupervisorError::ShuttingDown)?
-            .clone();
-        Ok(snapshot)
+        Ok(channels.status.borrow().clone())
     }
 
-    /// Stops a plugin if it runs and starts it again; returns once the new process
-    /// is spawned.
+    /// Stops a plugin if it runs and starts it again (re-reading its manifest);
+    /// returns once the new process is spawned.
     pub async fn restart_plugin(&self, plugin: &str) -> Result<PluginSnapshot, SupervisorError> {
         let channels = self.find(plugin)?;
-        let old_pid = channels.status.borrow().pid;
         self.ask(channels, Command::Restart).await?;
-        let mut status = channels.status.clone();
-        let snapshot = status
-            .wait_for(|snapshot| match snapshot.state {
-                PluginState::Starting | PluginState::Ready => snapshot.pid != old_pid,
-                PluginState::Stopping => false,
-                _ => true,
-            })
-            .await
-            .map_err(|_| SupervisorError::ShuttingDown)?
-            .clone();
-        Ok(snapshot)
+        Ok(channels.status.borrow().clone())
     }
 
     /// The last `tail` lines of a plugin's output and a receiver of new ones.
