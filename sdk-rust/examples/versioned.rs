@@ -1,6 +1,8 @@
 //! A plugin whose name and version come from the environment (`PLUGIN_NAME`,
-//! `PLUGIN_VERSION`): for running several versions side by side. It echoes its
-//! `text` input into its log.
+//! `PLUGIN_VERSION`): for running several versions side by side, and as a test
+//! fixture. It echoes its `text` input into its log; with `gate` (a URL) it first
+//! reads that URL, so a test decides when it goes on; with `step` it then waits
+//! for a step `confirm`.
 
 use corral_sdk::{Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
 
@@ -14,9 +16,21 @@ impl Plugin for Versioned {
         Metadata::new(&self.name, &self.version, PluginType::Processing)
             .title("Versioned echo")
             .input(Field::text("text", "Text"))
+            .input(Field::text("gate", "URL to read before going on"))
+            .input(Field::boolean("step", "Wait for a step"))
     }
 
     async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+        if let Some(gate) = inputs.get("gate") {
+            task.read_data(gate).await?;
+        }
+        if inputs.get("step") == Some("true") {
+            let answer = task
+                .step("confirm", vec![Field::text("answer", "Answer").required()])
+                .await?;
+            task.log(format!("confirmed: {}", answer.get("answer").unwrap_or("")))
+                .await?;
+        }
         task.log(format!(
             "{} says: {}",
             self.version,

@@ -16,6 +16,8 @@ use corral_proto::supervisor::v1::{
 };
 use tonic::transport::Channel;
 
+pub mod serve;
+
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 

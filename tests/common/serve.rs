@@ -1,0 +1,356 @@
+//! Running `corral serve` (or `supervisor` + `gateway`) against a real database:
+//! SQLite in a temporary folder, or a fresh PostgreSQL database per test.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::DEADLINE;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases in.
+fn postgres_admin_url() -> String {
+    std::env::var("CORRAL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of one test; dropped with it.
+pub struct TestDatabase {
+    pub url: Option<String>,
+    name: Option<String>,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new(db: Db) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        if db == Db::Sqlite {
+            return Self {
+                url: None,
+                name: None,
+                data_dir,
+            };
+        }
+        use sqlx::Connection;
+        let admin = postgres_admin_url();
+        let mut connection = sqlx::postgres::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "PostgreSQL is needed at {admin} ({error}): start it with `scripts/services`, \
+                     or point CORRAL_TEST_POSTGRES at a server"
+                )
+            });
+        let name = format!("corral_test_{}", random_suffix());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        Self {
+            url: Some(format!("{base}/{name}")),
+            name: Some(name),
+            data_dir,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        // Drop runs outside any runtime a test could still be polling.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut connection) =
+                    sqlx::postgres::PgConnection::connect(&postgres_admin_url()).await
+                {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut connection)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn random_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}_{nanos}", std::process::id())
+}
+
+/// A running `corral` process (serve, or gateway alone) with an HTTP API.
+pub struct Corral {
+    pub child: Child,
+    pub http: String,
+    pub grpc: Option<String>,
+    pub client: reqwest::Client,
+}
+
+impl Corral {
+    /// `corral serve` with the reference plugins (or `plugin_folders`) on `database`.
+    pub fn serve(database: &TestDatabase, plugin_folders: &[&Path]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(database.data_dir.path())
+            .arg("--plugin-folders")
+            .arg(std::env::join_paths(plugin_folders).unwrap());
+        if let Some(url) = &database.url {
+            command.args(["--database-url", url]);
+        }
+        Self::start(command)
+    }
+
+    /// `corral gateway` against a running supervisor.
+    pub fn gateway(database: &TestDatabase, supervisor_url: &str) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
+            .args([
+                "gateway",
+                "--http",
+                "127.0.0.1:0",
+                "--supervisor",
+                supervisor_url,
+                "--data-dir",
+            ])
+            .arg(database.data_dir.path());
+        if let Some(url) = &database.url {
+            command.args(["--database-url", url]);
+        }
+        Self::start(command)
+    }
+
+    fn start(mut command: Command) -> Self {
+        let mut child = command
+            .env("RUST_LOG", "info,corral_gateway=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("failed to start corral");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let (mut http, mut grpc) = (None, None);
+        let deadline = Instant::now() + DEADLINE;
+        while http.is_none() {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("corral did not print its addresses");
+            if let Some(address) = line.strip_prefix("corral gateway: HTTP listening on ") {
+                http = Some(address.to_owned());
+            }
+            if let Some(address) = line.strip_prefix("corral supervisor: gRPC listening on ") {
+                grpc = Some(address.to_owned());
+            }
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            child,
+            http: http.unwrap(),
+            grpc,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until `GET /plugins/` lists `identifiers` (the gateway learns them
+    /// from the supervisor's stream; there is no HTTP event for it).
+    pub async fn wait_for_plugins(&self, identifiers: &[&str]) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (_, body) = self.get_json("/plugins/").await;
+            let listed: Vec<&str> = body["plugins"]
+                .as_array()
+                .map(|plugins| {
+                    plugins
+                        .iter()
+                        .filter_map(|p| p["identifier"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if identifiers.iter().all(|id| listed.contains(id)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugins {identifiers:?} not listed; got {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// POSTs a urlencoded form; returns the status and the Location header.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, Option<String>, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|value| value.to_str().unwrap().to_owned());
+        (
+            status,
+            location,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Submits hello-world style input to a plugin and returns the task URL.
+    pub async fn submit(&self, plugin: &str, form: &[(&str, &str)]) -> String {
+        let (status, location, body) = self
+            .post_form(&format!("/plugins/{plugin}/process/"), form)
+            .await;
+        assert_eq!(status, 303, "{body}");
+        location.unwrap()
+    }
+
+    /// Follows a task's event stream until `until` matches an event.
+    pub async fn events_until(
+        &self,
+        task_url: &str,
+        until: impl Fn(&str, &Value) -> bool,
+    ) -> Vec<(String, Value)> {
+        events_until(&self.client, task_url, until).await
+    }
+
+    /// Waits for the task to end (through its event stream) and returns its status.
+    pub async fn finished(&self, task_url: &str) -> Value {
+        self.events_until(task_url, |name, data| {
+            name == "status" || (name == "snapshot" && data["status"] != "PENDING")
+        })
+        .await;
+        self.client
+            .get(task_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the repository's reference plugins are.
+pub fn plugins() -> PathBuf {
+    super::reference_plugins()
+}
+
+/// Follows a task's event stream until `until` matches an event (name, data);
+/// returns every event read, the snapshot first.
+pub async fn events_until(
+    client: &reqwest::Client,
+    task_url: &str,
+    until: impl Fn(&str, &Value) -> bool,
+) -> Vec<(String, Value)> {
+    let response = client
+        .get(format!("{task_url}events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut name = String::from("message");
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    name = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let data: Value = serde_json::from_str(&data).unwrap();
+            let done = until(&name, &data);
+            events.push((name, data));
+            if done {
+                return events;
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("event not seen in time; got {events:#?}"));
+        match chunk {
+            Some(chunk) => buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            None => panic!("event stream ended; got {events:#?}"),
+        }
+    }
+}
