@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use corral_gateway::{GatewayConfig, RunningGateway};
+use corral_gateway::{AuthConfig, GatewayConfig, RunningGateway};
 use corral_supervisor::{RunningSupervisor, Shutdown, SupervisorConfig};
 
 /// A plugin runner: every plugin its own supervised process, reached over gRPC.
@@ -76,6 +76,30 @@ struct GatewayOptions {
     /// default http://<--http>.
     #[arg(long, env = "CORRAL_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Shared secret of HS256 bearer tokens.
+    #[arg(
+        long,
+        env = "CORRAL_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key of bearer tokens.
+    #[arg(long, env = "CORRAL_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// Required `aud` of bearer tokens.
+    #[arg(long, env = "CORRAL_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Required `iss` of bearer tokens.
+    #[arg(long, env = "CORRAL_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Demand a valid bearer token on every route (by default only the admin
+    /// routes need one, as in the old runner).
+    #[arg(long, env = "CORRAL_REQUIRE_AUTH")]
+    require_auth: bool,
+    /// The token role (`roles` claim) that may start, stop and restart plugins.
+    #[arg(long, env = "CORRAL_ADMIN_ROLE", default_value = "admin")]
+    admin_role: String,
 }
 
 impl GatewayOptions {
@@ -103,6 +127,20 @@ impl GatewayOptions {
         if let Some(public_url) = &self.public_url {
             config.public_url = public_url.trim_end_matches('/').to_owned();
         }
+        let public_key = match &self.jwt_public_key {
+            Some(path) => Some(std::fs::read(path).with_context(|| {
+                format!("failed to read the JWT public key {}", path.display())
+            })?),
+            None => None,
+        };
+        config.auth = AuthConfig::new(
+            self.jwt_secret.as_deref(),
+            public_key.as_deref(),
+            self.jwt_audience.clone(),
+            self.jwt_issuer.clone(),
+            self.require_auth,
+            self.admin_role.clone(),
+        )?;
         Ok(config)
     }
 }
@@ -170,6 +208,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Every setting is checked before anything starts.
+    let mut config = args.gateway.config(String::new())?;
     let supervisor_config = SupervisorConfig {
         grpc: args.supervisor.grpc,
         plugin_folders: args.supervisor.plugin_folders,
@@ -178,7 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("failed to start the supervisor")?;
     let grpc = supervisor.local_addr();
-    let config = args.gateway.config(format!("http://{grpc}"))?;
+    config.supervisor_url = format!("http://{grpc}");
     let gateway = RunningGateway::start(&config)
         .await
         .context("failed to start the gateway")?;

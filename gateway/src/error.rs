@@ -62,6 +62,9 @@ pub enum ApiError {
     /// 403: a valid token without the needed role.
     #[error("{0}")]
     Forbidden(String),
+    /// A gRPC call failed; answered by the grpc-gateway table (see [`http_status`]).
+    #[error("{}", .0.message())]
+    Grpc(tonic::Status),
     /// 500: logged with its cause, answered generically.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -115,6 +118,22 @@ impl IntoResponse for ApiError {
                 return response;
             }
             Self::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
+            Self::Grpc(status) => {
+                let http = http_status(status.code());
+                if http.is_server_error()
+                    && http != StatusCode::SERVICE_UNAVAILABLE
+                    && http != StatusCode::GATEWAY_TIMEOUT
+                    && http != StatusCode::NOT_IMPLEMENTED
+                {
+                    tracing::error!(code = ?status.code(), message = status.message(), "gRPC call failed");
+                    (
+                        http,
+                        "The server could not complete the request.".to_owned(),
+                    )
+                } else {
+                    (http, status.message().to_owned())
+                }
+            }
             Self::Internal(source) => {
                 tracing::error!(error = %source, source = ?source, "internal error");
                 (
@@ -124,6 +143,27 @@ impl IntoResponse for ApiError {
             }
         };
         error_response(status, &message)
+    }
+}
+
+/// gRPC code → HTTP status, the grpc-gateway table (documented in the README).
+pub(crate) fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

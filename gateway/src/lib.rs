@@ -7,6 +7,7 @@
 //! - `runner`: one task's invocation, event by event.
 //! - `routes`: the axum handlers; `views`: the contract's JSON bodies.
 
+mod auth;
 pub mod directory;
 mod error;
 pub mod files;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{AuthConfig, AuthConfigError};
 pub use error::ApiError;
 pub use state::GatewayConfig;
 
@@ -111,12 +113,14 @@ impl RunningGateway {
             title: config.title.clone(),
             max_body_bytes: config.max_body_bytes,
             internal_url: format!("http://{}", loopback(local_addr)),
+            supervisor_url: config.supervisor_url.clone(),
         };
         let state = AppState {
             config: Arc::new(settings),
             store,
             directory,
             runner,
+            auth: Arc::new(config.auth.clone()),
         };
         let resumed = state.runner.recover().await?;
         if resumed > 0 {

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use crate::{directory::Directory, runner::Runner, store::Store};
+use crate::{auth::AuthConfig, directory::Directory, runner::Runner, store::Store};
 
 /// What `corral gateway` (and `corral serve`) is configured with.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// The largest output file a plugin may write.
     pub max_output_bytes: u64,
+    /// Bearer token checks.
+    pub auth: AuthConfig,
 }
 
 impl GatewayConfig {
@@ -46,6 +48,7 @@ impl GatewayConfig {
             title: "Corral plugin runner".into(),
             max_body_bytes: 256 * 1024 * 1024,
             max_output_bytes: 8 * 1024 * 1024 * 1024,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -60,6 +63,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// Base URL plugins use to read uploaded input files.
     pub(crate) internal_url: String,
+    /// The supervisor's gRPC URL, for the admin routes.
+    pub(crate) supervisor_url: String,
 }
 
 /// What every handler gets.
@@ -69,4 +74,5 @@ pub(crate) struct AppState {
     pub(crate) store: Store,
     pub(crate) directory: Directory,
     pub(crate) runner: Runner,
+    pub(crate) auth: Arc<AuthConfig>,
 }

@@ -1,6 +1,7 @@
 //! The router: every route of the REST contract, the 308 for a missing trailing
 //! slash, JSON errors, CORS and the body limit.
 
+mod admin;
 mod body;
 mod files;
 mod plugins;
@@ -10,12 +11,13 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, Request},
     http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::{error::error_response, state::AppState};
+use crate::{auth, error::error_response, state::AppState};
 
 /// The REST API.
 pub(crate) fn router(state: AppState) -> Router {
@@ -25,6 +27,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .allow_headers(Any)
         .expose_headers([header::LOCATION, header::CONTENT_DISPOSITION]);
     let max_body = state.config.max_body_bytes;
+    let admin = Router::new()
+        .route("/admin/plugins/", get(admin::list))
+        .route("/admin/plugins/{plugin}/{action}/", post(admin::act))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     Router::new()
         .route("/", get(plugins::root))
         .route("/plugins/", get(plugins::list))
@@ -42,9 +51,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/tasks/{task}/events", get(tasks::events))
         .route("/tasks/{task}/events/", get(tasks::events))
         .route("/files/{file}/", get(files::download))
+        .merge(admin)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .layer(cors)
         .with_state(state)
 }

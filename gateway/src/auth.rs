@@ -1,0 +1,200 @@
+//! Bearer tokens (JWT): HS256 with a shared secret, or RS256/ES256 with a public
+//! key. The contract's routes are open unless `--require-auth`; routes that
+//! change plugins always need a token with the admin role.
+
+use std::collections::HashSet;
+
+use axum::{
+    extract::{Request, State},
+    http::header::AUTHORIZATION,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::{error::ApiError, state::AppState};
+
+/// How tokens are checked.
+#[derive(Clone)]
+pub struct AuthConfig {
+    key: Option<(DecodingKey, Algorithm)>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    /// Every route needs a valid token.
+    pub require_auth: bool,
+    /// The role that may change plugins.
+    pub admin_role: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AuthConfig")
+            .field(
+                "algorithm",
+                &self.key.as_ref().map(|(_, algorithm)| algorithm),
+            )
+            .field("audience", &self.audience)
+            .field("require_auth", &self.require_auth)
+            .finish()
+    }
+}
+
+/// Why the token settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The public key file is not an RSA or EC public key in PEM.
+    #[error("the JWT public key is neither an RSA nor an EC (P-256) public key in PEM form")]
+    BadPublicKey,
+    /// Both a secret and a public key were given.
+    #[error("give either a JWT secret or a JWT public key, not both")]
+    BothKeys,
+    /// `--require-auth` without any key.
+    #[error("--require-auth needs a JWT secret or a JWT public key")]
+    NoKey,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            audience: None,
+            issuer: None,
+            require_auth: false,
+            admin_role: "admin".into(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Builds the settings from a secret (HS256) or a PEM public key (RS256 or ES256).
+    pub fn new(
+        secret: Option<&str>,
+        public_key_pem: Option<&[u8]>,
+        audience: Option<String>,
+        issuer: Option<String>,
+        require_auth: bool,
+        admin_role: String,
+    ) -> Result<Self, AuthConfigError> {
+        let key = match (secret, public_key_pem) {
+            (Some(_), Some(_)) => return Err(AuthConfigError::BothKeys),
+            (Some(secret), None) => Some((
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            )),
+            (None, Some(pem)) => Some(
+                DecodingKey::from_rsa_pem(pem)
+                    .map(|key| (key, Algorithm::RS256))
+                    .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (key, Algorithm::ES256)))
+                    .map_err(|_| AuthConfigError::BadPublicKey)?,
+            ),
+            (None, None) => None,
+        };
+        if require_auth && key.is_none() {
+            return Err(AuthConfigError::NoKey);
+        }
+        Ok(Self {
+            key,
+            audience,
+            issuer,
+            require_auth,
+            admin_role,
+        })
+    }
+
+    /// Checks the request's bearer token; returns its roles.
+    fn verify(&self, request: &Request) -> Result<HashSet<String>, ApiError> {
+        let Some((key, algorithm)) = &self.key else {
+            return Err(ApiError::Unauthorized(
+                "No token key is configured: start the gateway with a JWT secret or public key."
+                    .into(),
+            ));
+        };
+        let header = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| ApiError::Unauthorized("A bearer token is required.".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("A bearer token is required.".into()))?;
+        // Only the configured algorithm is accepted: `alg: none` and algorithm
+        // confusion are refused by construction.
+        let mut validation = Validation::new(*algorithm);
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|error| {
+                ApiError::Unauthorized(format!("Invalid token: {}.", describe(&error)))
+            })?
+            .claims;
+        Ok(claims.roles())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+impl Claims {
+    fn roles(self) -> HashSet<String> {
+        self.roles.into_iter().chain(self.role).collect()
+    }
+}
+
+fn describe(error: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "it has expired",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not accepted",
+        ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+        _ => "it cannot be read",
+    }
+}
+
+/// Layer for every route: demands a valid token when `--require-auth` is set.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.auth.require_auth
+        && let Err(error) = state.auth.verify(&request)
+    {
+        return error.into_response();
+    }
+    next.run(request).await
+}
+
+/// Layer for the admin routes: a valid token with the admin role, always.
+pub(crate) async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.auth.verify(&request) {
+        Ok(roles) if roles.contains(&state.auth.admin_role) => next.run(request).await,
+        Ok(_) => ApiError::Forbidden(format!(
+            "The token lacks the `{}` role.",
+            state.auth.admin_role
+        ))
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,75 @@
+//! `/admin/plugins/…`: the supervisor's plugins, and starting, stopping and
+//! restarting them (a token with the admin role, always).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use corral_proto::supervisor::v1::{
+    ListPluginsRequest, PluginRef, PluginState, PluginStatus, admin_client::AdminClient,
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::{error::ApiError, state::AppState};
+
+async fn admin(state: &AppState) -> Result<AdminClient<Channel>, ApiError> {
+    AdminClient::connect(state.config.supervisor_url.clone())
+        .await
+        .map_err(|_| ApiError::Unavailable("The supervisor cannot be reached.".into()))
+}
+
+/// A plugin as the admin routes show it.
+pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
+    let state = PluginState::try_from(status.state)
+        .map(|state| {
+            state
+                .as_str_name()
+                .trim_start_matches("PLUGIN_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into());
+    json!({
+        "plugin": status.plugin,
+        "identifier": status.identifier,
+        "state": state,
+        "pid": status.pid,
+        "restarts": status.restarts,
+        "lastExitReason": status.last_exit_reason,
+        "uptimeMs": status.uptime_ms,
+        "error": status.error,
+        "version": status.metadata.as_ref().map(|metadata| metadata.version.clone()),
+    })
+}
+
+/// `GET /admin/plugins/`.
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let plugins = admin(&state)
+        .await?
+        .list_plugins(ListPluginsRequest {})
+        .await
+        .map_err(ApiError::Grpc)?
+        .into_inner()
+        .plugins;
+    let plugins: Vec<Value> = plugins.iter().map(plugin_json).collect();
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+/// `POST /admin/plugins/<plugin>/<start|stop|restart>/`.
+pub(crate) async fn act(
+    State(state): State<AppState>,
+    Path((plugin, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut client = admin(&state).await?;
+    let reference = PluginRef { plugin };
+    let status = match action.as_str() {
+        "start" => client.start_plugin(reference).await,
+        "stop" => client.stop_plugin(reference).await,
+        "restart" => client.restart_plugin(reference).await,
+        _ => return Err(ApiError::NotFound("Not found.".into())),
+    }
+    .map_err(ApiError::Grpc)?
+    .into_inner();
+    tracing::info!(plugin = %status.plugin, action = %action, "plugin changed by an operator");
+    Ok(Json(plugin_json(&status)))
+}
