@@ -681,3 +681,67 @@ async fn hundred_concurrent_tasks_all_succeed(db: Db) {
         assert_eq!(status["log"], format!("result: 'output {index}'"));
     }
 }
+
+#[tokio::test]
+async fn api_spec_describes_every_route_and_its_viewer_is_local() {
+    let (_database, corral) = start(Db::Sqlite).await;
+    let (code, spec) = corral.get_json("/api-spec.json").await;
+    assert_eq!(code, 200);
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        spec["openapi"]
+    );
+    let paths: Vec<&str> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for path in [
+        "/",
+        "/plugins/",
+        "/plugins/{plugin}/",
+        "/plugins/{plugin}/ui/",
+        "/plugins/{plugin}/process/",
+        "/plugins/{plugin}/{task}/{step}/",
+        "/tasks/{task}/",
+        "/tasks/{task}/events",
+        "/files/{file}/",
+        "/admin/plugins/",
+        "/admin/plugins/{plugin}/{action}/",
+    ] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(
+        schemas["TaskStatus"]["required"],
+        json!(["status", "log", "outputs", "links"])
+    );
+    let process = &spec["paths"]["/plugins/{plugin}/process/"]["post"]["responses"];
+    assert!(
+        process.get("303").is_some() && process.get("422").is_some(),
+        "{process}"
+    );
+
+    let viewer = corral
+        .client
+        .get(corral.url("/api-docs/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer.status().as_u16(), 200);
+    let page = viewer.text().await.unwrap();
+    assert!(
+        page.contains("swagger-ui-bundle.js") && !page.contains("http"),
+        "{page}"
+    );
+    let script = corral
+        .client
+        .get(corral.url("/api-docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.headers()["content-type"], "text/javascript");
+    assert!(script.bytes().await.unwrap().len() > 100_000);
+}

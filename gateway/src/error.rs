@@ -7,7 +7,8 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
@@ -97,11 +98,11 @@ impl IntoResponse for ApiError {
             Self::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
             Self::Invalid(location, errors) => {
                 let status = StatusCode::UNPROCESSABLE_ENTITY;
-                let body = json!({
-                    "code": status.as_u16(),
-                    "status": reason(status),
-                    "errors": { location.as_str(): errors },
-                });
+                let body = ValidationErrorBody {
+                    code: status.as_u16(),
+                    status: reason(status),
+                    errors: BTreeMap::from([(location.as_str().to_owned(), errors.clone())]),
+                };
                 return (status, Json(body)).into_response();
             }
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message.clone()),
@@ -167,9 +168,57 @@ pub(crate) fn http_status(code: tonic::Code) -> StatusCode {
     }
 }
 
+/// The body of every 4xx/5xx but 422.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// The HTTP status code.
+    code: u16,
+    /// Its reason phrase, e.g. `Not Found`.
+    status: &'static str,
+    /// What went wrong, e.g. `Task not found.`
+    message: String,
+}
+
+/// The body of a 422.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ValidationErrorBody {
+    code: u16,
+    status: &'static str,
+    /// Messages by location (`form`, `json` or `query`), then by field.
+    errors: BTreeMap<String, FieldErrors>,
+}
+
+/// A webhook (un)subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(
+    dead_code,
+    reason = "documents the body the handler reads field by field"
+)]
+pub(crate) struct SubscribeRequest {
+    /// `subscribe` or `unsubscribe`.
+    command: String,
+    /// Where to POST `?source=<task URL>&event=<event>`.
+    webhook_href: String,
+    /// `status`, `steps`, `details`, or null for all.
+    event: Option<String>,
+}
+
+/// A plugin's form values by field name (camelCase), as its metadata declares them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body the handler reads field by field"
+)]
+pub(crate) struct FormValues(BTreeMap<String, String>);
+
 /// The contract's error body for any status.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    let body = json!({"code": status.as_u16(), "status": reason(status), "message": message});
+    let body = ErrorBody {
+        code: status.as_u16(),
+        status: reason(status),
+        message: message.to_owned(),
+    };
     (status, Json(body)).into_response()
 }
 

@@ -14,6 +14,7 @@ pub mod files;
 mod forms;
 mod ids;
 mod live;
+mod openapi;
 mod routes;
 mod runner;
 mod state;

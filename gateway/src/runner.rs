@@ -315,7 +315,8 @@ impl Runner {
                         task_id,
                         LiveEvent {
                             kind: "output",
-                            data: crate::views::output(&record, &self.base),
+                            data: serde_json::to_value(crate::views::output(&record, &self.base))
+                                .unwrap_or_default(),
                         },
                     );
                 }

@@ -1,13 +1,166 @@
-//! The JSON bodies of the REST contract, built from plugin metadata and task records.
-//! This is the boundary between protobuf/database types and the contract's camelCase.
+//! The JSON bodies of the REST contract, as typed structs: they are what the
+//! handlers serialize and what the OpenAPI document describes. This is the
+//! boundary between protobuf/database types and the contract's camelCase.
 
 use corral_proto::plugin::v1::{self as pb, PluginType};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{
     store::{FileRecord, TaskRecord},
     urls::BaseUrl,
 };
+
+/// `GET /`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Root {
+    pub(crate) title: String,
+}
+
+/// `GET /plugins/`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PluginList {
+    /// Ready plugins, sorted by name, then version.
+    pub(crate) plugins: Vec<PluginEntry>,
+}
+
+/// One plugin of the list.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PluginEntry {
+    name: String,
+    version: String,
+    /// `name@version` with `.` replaced by `-`.
+    identifier: String,
+    /// Absolute URL of the plugin's metadata.
+    api_root: String,
+    description: String,
+    tags: Vec<String>,
+}
+
+/// `GET /plugins/<identifier>/`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PluginMetadata {
+    title: String,
+    description: String,
+    name: String,
+    version: String,
+    /// processing, visualization, conversion, dataloader or interaction.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    tags: Vec<String>,
+    links: Vec<Link>,
+    entry_point: EntryPoint,
+}
+
+/// How to run the plugin.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EntryPoint {
+    /// The `process/` URL (root-relative).
+    href: String,
+    /// The micro-frontend URL (root-relative).
+    ui_href: String,
+    plugin_dependencies: Vec<PluginDependency>,
+    data_input: Vec<DataInput>,
+    data_output: Vec<DataOutput>,
+}
+
+/// A plugin this one calls.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PluginDependency {
+    parameter: String,
+    required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+}
+
+/// A data input, received as a URL in the form field `parameter`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DataInput {
+    data_type: String,
+    content_type: Vec<String>,
+    required: bool,
+    parameter: String,
+}
+
+/// A data output.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DataOutput {
+    data_type: String,
+    content_type: Vec<String>,
+    required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// A typed link.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Link {
+    #[serde(rename = "type")]
+    kind: String,
+    href: String,
+}
+
+/// `GET /tasks/<id>/`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TaskStatus {
+    /// PENDING, SUCCESS, FAILURE, or UNKNOWN.
+    status: &'static str,
+    /// The task log; `""` when empty.
+    log: String,
+    /// Omitted when its value is 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<Progress>,
+    /// Omitted when the task has no steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<Step>>,
+    /// `[]` until the task finishes.
+    outputs: Vec<Output>,
+    /// The subscribe link first.
+    links: Vec<Link>,
+}
+
+/// Progress of a task.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Progress {
+    value: i64,
+    start: i64,
+    target: i64,
+    unit: String,
+}
+
+/// A step of a multi-step task.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Step {
+    href: String,
+    ui_href: String,
+    step_id: String,
+    cleared: bool,
+}
+
+/// An output file of a task.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Output {
+    /// Absolute download URL, with its secret.
+    href: String,
+    data_type: String,
+    content_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
 
 /// The contract's name of a plugin type.
 pub(crate) fn plugin_type(kind: i32) -> &'static str {
@@ -25,15 +178,15 @@ pub(crate) fn plugin_entry(
     identifier: &str,
     metadata: &pb::PluginMetadata,
     base: &BaseUrl,
-) -> Value {
-    json!({
-        "name": metadata.name,
-        "version": metadata.version,
-        "identifier": identifier,
-        "apiRoot": base.absolute(&format!("/plugins/{identifier}/")),
-        "description": metadata.description,
-        "tags": metadata.tags,
-    })
+) -> PluginEntry {
+    PluginEntry {
+        name: metadata.name.clone(),
+        version: metadata.version.clone(),
+        identifier: identifier.to_owned(),
+        api_root: base.absolute(&format!("/plugins/{identifier}/")),
+        description: metadata.description.clone(),
+        tags: metadata.tags.clone(),
+    }
 }
 
 /// `GET /plugins/<identifier>/`.
@@ -41,145 +194,119 @@ pub(crate) fn plugin_metadata(
     identifier: &str,
     metadata: &pb::PluginMetadata,
     base: &BaseUrl,
-) -> Value {
-    let data_inputs: Vec<Value> = metadata
-        .data_inputs
-        .iter()
-        .map(|input| {
-            json!({
-                "dataType": input.data_type,
-                "contentType": input.content_types,
-                "required": input.required,
-                "parameter": input.parameter,
+) -> PluginMetadata {
+    PluginMetadata {
+        title: metadata.title.clone(),
+        description: metadata.description.clone(),
+        name: metadata.name.clone(),
+        version: metadata.version.clone(),
+        kind: plugin_type(metadata.r#type),
+        tags: metadata.tags.clone(),
+        links: metadata
+            .links
+            .iter()
+            .map(|link| Link {
+                kind: link.r#type.clone(),
+                href: link.href.clone(),
             })
-        })
-        .collect();
-    let data_outputs: Vec<Value> = metadata
-        .data_outputs
-        .iter()
-        .map(|output| {
-            let mut entry = json!({
-                "dataType": output.data_type,
-                "contentType": output.content_types,
-                "required": output.required,
-            });
-            if let Some(name) = &output.name {
-                entry["name"] = json!(name);
-            }
-            entry
-        })
-        .collect();
-    let dependencies: Vec<Value> = metadata
-        .plugin_dependencies
-        .iter()
-        .map(|dependency| {
-            let mut entry = Map::new();
-            entry.insert("parameter".into(), json!(dependency.parameter));
-            entry.insert("required".into(), json!(dependency.required));
-            if let Some(name) = &dependency.name {
-                entry.insert("name".into(), json!(name));
-            }
-            if let Some(version) = &dependency.version {
-                entry.insert("version".into(), json!(version));
-            }
-            if !dependency.tags.is_empty() {
-                entry.insert("tags".into(), json!(dependency.tags));
-            }
-            if let Some(kind) = dependency.r#type {
-                entry.insert("type".into(), json!(plugin_type(kind)));
-            }
-            Value::Object(entry)
-        })
-        .collect();
-    let links: Vec<Value> = metadata
-        .links
-        .iter()
-        .map(|link| json!({"type": link.r#type, "href": link.href}))
-        .collect();
-    json!({
-        "title": metadata.title,
-        "description": metadata.description,
-        "name": metadata.name,
-        "version": metadata.version,
-        "type": plugin_type(metadata.r#type),
-        "tags": metadata.tags,
-        "links": links,
-        "entryPoint": {
-            "href": base.path(&format!("/plugins/{identifier}/process/")),
-            "uiHref": base.path(&format!("/plugins/{identifier}/ui/")),
-            "pluginDependencies": dependencies,
-            "dataInput": data_inputs,
-            "dataOutput": data_outputs,
+            .collect(),
+        entry_point: EntryPoint {
+            href: base.path(&format!("/plugins/{identifier}/process/")),
+            ui_href: base.path(&format!("/plugins/{identifier}/ui/")),
+            plugin_dependencies: metadata
+                .plugin_dependencies
+                .iter()
+                .map(|dependency| PluginDependency {
+                    parameter: dependency.parameter.clone(),
+                    required: dependency.required,
+                    name: dependency.name.clone(),
+                    version: dependency.version.clone(),
+                    tags: dependency.tags.clone(),
+                    kind: dependency.r#type.map(plugin_type),
+                })
+                .collect(),
+            data_input: metadata
+                .data_inputs
+                .iter()
+                .map(|input| DataInput {
+                    data_type: input.data_type.clone(),
+                    content_type: input.content_types.clone(),
+                    required: input.required,
+                    parameter: input.parameter.clone(),
+                })
+                .collect(),
+            data_output: metadata
+                .data_outputs
+                .iter()
+                .map(|output| DataOutput {
+                    data_type: output.data_type.clone(),
+                    content_type: output.content_types.clone(),
+                    required: output.required,
+                    name: output.name.clone(),
+                })
+                .collect(),
         },
-    })
+    }
 }
 
 /// `GET /tasks/<id>/`, with every rule of the contract.
-pub(crate) fn task_status(task: &TaskRecord, base: &BaseUrl) -> Value {
-    let task_url = base.absolute(&format!("/tasks/{}/", task.id));
-    let mut body = Map::new();
-    let status = task.status.map_or("UNKNOWN", |status| status.as_str());
-    body.insert("status".into(), json!(status));
-    body.insert("log".into(), json!(task.log));
-    if let Some(progress) = task
-        .progress
-        .as_ref()
-        .filter(|progress| progress.value != 0)
-    {
-        body.insert(
-            "progress".into(),
-            json!({
-                "value": progress.value,
-                "start": progress.start,
-                "target": progress.target,
-                "unit": progress.unit,
-            }),
-        );
-    }
-    if !task.steps.is_empty() {
-        let steps: Vec<Value> = task
-            .steps
+pub(crate) fn task_status(task: &TaskRecord, base: &BaseUrl) -> TaskStatus {
+    let steps = (!task.steps.is_empty()).then(|| {
+        task.steps
             .iter()
-            .map(|step| {
-                let step_root = format!("/plugins/{}/{}/{}", task.plugin, task.id, step.step_id);
-                json!({
-                    "href": base.absolute(&format!("{step_root}-process/")),
-                    "uiHref": base.absolute(&format!("{step_root}-ui/")),
-                    "stepId": step.step_id,
-                    "cleared": step.cleared,
-                })
-            })
-            .collect();
-        body.insert("steps".into(), Value::Array(steps));
-    }
-    let finished = task.finished_at.is_some();
-    let outputs: Vec<Value> = if finished {
+            .map(|step| step_view(&task.plugin, &task.id, &step.step_id, step.cleared, base))
+            .collect()
+    });
+    let outputs = if task.finished_at.is_some() {
         task.outputs.iter().map(|file| output(file, base)).collect()
     } else {
         Vec::new()
     };
-    body.insert("outputs".into(), Value::Array(outputs));
-    body.insert(
-        "links".into(),
-        json!([{"type": "subscribe", "href": task_url}]),
-    );
-    Value::Object(body)
+    TaskStatus {
+        status: task.status.map_or("UNKNOWN", |status| status.as_str()),
+        log: task.log.clone(),
+        progress: task
+            .progress
+            .as_ref()
+            .filter(|progress| progress.value != 0)
+            .map(|progress| Progress {
+                value: progress.value,
+                start: progress.start,
+                target: progress.target,
+                unit: progress.unit.clone(),
+            }),
+        steps,
+        outputs,
+        links: vec![Link {
+            kind: "subscribe".into(),
+            href: base.absolute(&format!("/tasks/{}/", task.id)),
+        }],
+    }
+}
+
+/// A step with its absolute URLs.
+pub(crate) fn step_view(
+    plugin: &str,
+    task_id: &str,
+    step_id: &str,
+    cleared: bool,
+    base: &BaseUrl,
+) -> Step {
+    let step_root = format!("/plugins/{plugin}/{task_id}/{step_id}");
+    Step {
+        href: base.absolute(&format!("{step_root}-process/")),
+        ui_href: base.absolute(&format!("{step_root}-ui/")),
+        step_id: step_id.to_owned(),
+        cleared,
+    }
 }
 
 /// One output of a task status.
-pub(crate) fn output(file: &FileRecord, base: &BaseUrl) -> Value {
-    let mut entry = json!({
-        "href": file_url(file, base),
-        "dataType": file.data_type,
-        "contentType": file.content_type,
-    });
-    if let Some(name) = &file.name {
-        entry["name"] = json!(name);
+pub(crate) fn output(file: &FileRecord, base: &BaseUrl) -> Output {
+    Output {
+        href: base.absolute(&format!("/files/{}/?file-id={}", file.id, file.secret)),
+        data_type: file.data_type.clone(),
+        content_type: file.content_type.clone(),
+        name: file.name.clone(),
     }
-    entry
-}
-
-/// The download URL of a stored file, with its secret.
-pub(crate) fn file_url(file: &FileRecord, base: &BaseUrl) -> String {
-    base.absolute(&format!("/files/{}/?file-id={}", file.id, file.secret))
 }

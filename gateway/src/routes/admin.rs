@@ -11,7 +11,10 @@ use corral_proto::supervisor::v1::{
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
 
 async fn admin(state: &AppState) -> Result<AdminClient<Channel>, ApiError> {
     AdminClient::connect(state.config.supervisor_url.clone())
@@ -43,6 +46,9 @@ pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
 }
 
 /// `GET /admin/plugins/`.
+#[utoipa::path(get, path = "/admin/plugins/", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "every plugin of the supervisor with its state"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let plugins = admin(&state)
         .await?
@@ -56,6 +62,10 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 }
 
 /// `POST /admin/plugins/<plugin>/<start|stop|restart>/`.
+#[utoipa::path(post, path = "/admin/plugins/{plugin}/{action}/", tag = "admin", security(("bearer" = [])),
+    params(("plugin" = String, Path), ("action" = String, Path, description = "start, stop or restart")),
+    responses((status = 200, description = "the plugin's new state"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn act(
     State(state): State<AppState>,
     Path((plugin, action)): Path<(String, String)>,

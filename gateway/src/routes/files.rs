@@ -11,11 +11,16 @@ use axum::{
 use tokio_util::io::ReaderStream;
 
 use crate::{
-    error::{ApiError, Location},
+    error::{ApiError, ErrorBody, Location, ValidationErrorBody},
     ids,
     state::AppState,
 };
 
+/// `GET /files/<id>/?file-id=<secret>`.
+#[utoipa::path(get, path = "/files/{file}/", tag = "files",
+    params(("file" = String, Path), ("file-id" = String, Query, description = "the file's secret")),
+    responses((status = 200, description = "the file, with its content type and name", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = ErrorBody), (status = 422, description = "file-id missing", body = ValidationErrorBody)))]
 pub(crate) async fn download(
     State(state): State<AppState>,
     Path(file_id): Path<String>,

@@ -1,11 +1,11 @@
 //! The router: every route of the REST contract, the 308 for a missing trailing
 //! slash, JSON errors, CORS and the body limit.
 
-mod admin;
+pub(crate) mod admin;
 mod body;
-mod files;
-mod plugins;
-mod tasks;
+pub(crate) mod files;
+pub(crate) mod plugins;
+pub(crate) mod tasks;
 
 use axum::{
     Router,
@@ -17,7 +17,7 @@ use axum::{
 };
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::{auth, error::error_response, state::AppState};
+use crate::{auth, error::error_response, openapi, state::AppState};
 
 /// The REST API.
 pub(crate) fn router(state: AppState) -> Router {
@@ -51,6 +51,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/tasks/{task}/events", get(tasks::events))
         .route("/tasks/{task}/events/", get(tasks::events))
         .route("/files/{file}/", get(files::download))
+        .route("/api-spec.json", get(openapi::spec))
+        .route("/api-docs/", get(openapi::viewer))
+        .route(
+            "/api-docs/swagger-ui-bundle.js",
+            get(openapi::viewer_script),
+        )
+        .route("/api-docs/swagger-ui.css", get(openapi::viewer_style))
         .merge(admin)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)

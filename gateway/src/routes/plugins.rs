@@ -9,12 +9,11 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
 };
 use corral_proto::plugin::v1::{PluginType, RenderRequest};
-use serde_json::json;
 
 use super::body;
 use crate::{
     directory::{LivePlugin, compare_versions},
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors, FormValues, ValidationErrorBody},
     forms, ids,
     state::AppState,
     ui,
@@ -23,23 +22,32 @@ use crate::{
 };
 
 /// `GET /`.
-pub(crate) async fn root(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"title": state.config.title}))
+#[utoipa::path(get, path = "/", tag = "runner", responses((status = 200, body = views::Root)))]
+pub(crate) async fn root(State(state): State<AppState>) -> Json<views::Root> {
+    Json(views::Root {
+        title: state.config.title.clone(),
+    })
 }
 
 /// `GET /plugins/`: ready plugins sorted by name, then version.
-pub(crate) async fn list(State(state): State<AppState>, base: BaseUrl) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/plugins/", tag = "plugins", responses((status = 200, body = views::PluginList)))]
+pub(crate) async fn list(State(state): State<AppState>, base: BaseUrl) -> Json<views::PluginList> {
     let table = state.directory.snapshot();
-    let plugins: Vec<_> = table
+    let plugins = table
         .sorted()
         .into_iter()
         .map(|plugin| views::plugin_entry(&plugin.identifier, &plugin.metadata, &base))
         .collect();
-    Json(json!({ "plugins": plugins }))
+    Json(views::PluginList { plugins })
 }
 
 /// `GET /plugins/<identifier>/` (metadata) or `GET /plugins/<name>/` (302 to the
 /// newest version).
+#[utoipa::path(get, path = "/plugins/{plugin}/", tag = "plugins",
+    params(("plugin" = String, Path, description = "identifier (name@version) or name")),
+    responses((status = 200, description = "metadata of a plugin identifier", body = views::PluginMetadata),
+        (status = 302, description = "a plugin name: redirect to its newest version"),
+        (status = 404, body = ErrorBody), (status = 503, description = "known but not ready", body = ErrorBody)))]
 pub(crate) async fn plugin(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -71,6 +79,9 @@ pub(crate) async fn plugin(
 }
 
 /// `GET /plugins/<identifier>/ui/`: the form, prefilled from the query.
+#[utoipa::path(get, path = "/plugins/{plugin}/ui/", tag = "plugins",
+    params(("plugin" = String, Path)),
+    responses((status = 200, description = "the micro-frontend", content_type = "text/html", body = String), (status = 404, body = ErrorBody)))]
 pub(crate) async fn ui_get(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -83,6 +94,9 @@ pub(crate) async fn ui_get(
 
 /// `POST /plugins/<identifier>/ui/`: the form again, from the posted values,
 /// with errors shown inline (always 200).
+#[utoipa::path(post, path = "/plugins/{plugin}/ui/", tag = "plugins",
+    params(("plugin" = String, Path)),
+    responses((status = 200, description = "the micro-frontend with inline errors", content_type = "text/html", body = String)))]
 pub(crate) async fn ui_post(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -131,6 +145,15 @@ async fn page(
 }
 
 /// `POST /plugins/<identifier>/process/`: validate, store the task, 303 to it.
+#[utoipa::path(post, path = "/plugins/{plugin}/process/", tag = "tasks",
+    params(("plugin" = String, Path)),
+    request_body(description = "the plugin's form fields (urlencoded, multipart or JSON)",
+        content((FormValues = "application/x-www-form-urlencoded"), (FormValues = "multipart/form-data"),
+            (FormValues = "application/json"))),
+    responses((status = 303, description = "task created; Location is its URL"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, description = "invalid input; no task created", body = ValidationErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn process(
     State(state): State<AppState>,
     Path(plugin): Path<String>,

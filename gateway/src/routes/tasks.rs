@@ -11,12 +11,14 @@ use axum::{
     },
 };
 use futures::Stream;
-use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::body;
 use crate::{
-    error::{ApiError, FieldErrors, Location},
+    error::{
+        ApiError, ErrorBody, FieldErrors, FormValues, Location, SubscribeRequest,
+        ValidationErrorBody,
+    },
     forms, ids,
     live::LiveEvent,
     state::AppState,
@@ -38,22 +40,28 @@ async fn task(state: &AppState, task_id: &str) -> Result<TaskRecord, ApiError> {
 }
 
 /// `GET /tasks/<id>/`.
+#[utoipa::path(get, path = "/tasks/{task}/", tag = "tasks", params(("task" = String, Path)),
+    responses((status = 200, body = views::TaskStatus), (status = 404, body = ErrorBody)))]
 pub(crate) async fn status(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
     base: BaseUrl,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<views::TaskStatus>, ApiError> {
     let task = task(&state, &task_id).await?;
     Ok(Json(views::task_status(&task, &base)))
 }
 
 /// `POST /tasks/<id>/`: subscribe or unsubscribe a webhook.
+#[utoipa::path(post, path = "/tasks/{task}/", tag = "tasks", params(("task" = String, Path)),
+    request_body = SubscribeRequest,
+    responses((status = 200, body = views::TaskStatus), (status = 404, body = ErrorBody),
+        (status = 422, body = ValidationErrorBody)))]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
     base: BaseUrl,
     request: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<views::TaskStatus>, ApiError> {
     let record = task(&state, &task_id).await?;
     let submitted = body::read(&state, request).await?;
     let location = submitted.location();
@@ -106,7 +114,11 @@ pub(crate) async fn subscribe(
 }
 
 /// `GET /tasks/<id>/events`: Server-Sent Events of the task from now on, after a
-/// `snapshot` of its status so far; the stream ends with the task.
+/// `snapshot` of its status so far; the stream ends with the task. Events:
+/// `snapshot`, `log`, `progress`, `step`, `output`, `status` (last).
+#[utoipa::path(get, path = "/tasks/{task}/events", tag = "tasks", params(("task" = String, Path)),
+    responses((status = 200, description = "Server-Sent Events", content_type = "text/event-stream", body = String),
+        (status = 404, body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
@@ -123,7 +135,8 @@ pub(crate) async fn events(
     };
     let snapshot = SseEvent::default()
         .event("snapshot")
-        .data(views::task_status(&record, &base).to_string());
+        .json_data(views::task_status(&record, &base))
+        .map_err(|error| ApiError::Internal(Box::new(error)))?;
     let finished = record.finished_at.is_some();
     if finished {
         state.runner.live.forget(&task_id);
@@ -175,6 +188,13 @@ where
 }
 
 /// `GET|POST /plugins/<identifier>/<task>/<step>-ui/` and `POST …/<step>-process/`.
+#[utoipa::path(post, path = "/plugins/{plugin}/{task}/{step}/", tag = "tasks",
+    params(("plugin" = String, Path), ("task" = String, Path),
+        ("step" = String, Path, description = "`<stepId>-ui` (form) or `<stepId>-process` (submission)")),
+    request_body(content = FormValues, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "step submitted; Location is the task"),
+        (status = 200, description = "the step's form", content_type = "text/html", body = String),
+        (status = 404, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
 pub(crate) async fn step(
     State(state): State<AppState>,
     Path((plugin, task_id, route)): Path<(String, String, String)>,

@@ -1,0 +1,110 @@
+//! `/api-spec.json`: the OpenAPI 3 document generated from the handlers'
+//! annotations and the response types, and a viewer served from local assets.
+
+use std::sync::OnceLock;
+
+use axum::{
+    Json,
+    http::header,
+    response::{Html, IntoResponse, Response},
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::{error, routes, views};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Corral plugin runner", description = "The QHAna plugin REST API, served by Corral."),
+    paths(
+        routes::plugins::root,
+        routes::plugins::list,
+        routes::plugins::plugin,
+        routes::plugins::ui_get,
+        routes::plugins::ui_post,
+        routes::plugins::process,
+        routes::tasks::step,
+        routes::tasks::status,
+        routes::tasks::subscribe,
+        routes::tasks::events,
+        routes::files::download,
+        routes::admin::list,
+        routes::admin::act,
+    ),
+    components(schemas(
+        views::Root, views::PluginList, views::PluginEntry, views::PluginMetadata,
+        views::EntryPoint, views::PluginDependency, views::DataInput, views::DataOutput,
+        views::Link, views::TaskStatus, views::Progress, views::Step, views::Output,
+        error::ErrorBody, error::ValidationErrorBody, error::SubscribeRequest, error::FormValues,
+    )),
+    modifiers(&BearerScheme),
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document, built once.
+fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOCUMENT.get_or_init(ApiDoc::openapi)
+}
+
+/// `GET /api-spec.json`.
+pub(crate) async fn spec() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(document())
+}
+
+/// `GET /api-docs/`: Swagger UI, from assets compiled into the binary.
+pub(crate) async fn viewer() -> Html<&'static str> {
+    Html(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Corral API</title>\
+         <link rel=\"stylesheet\" href=\"swagger-ui.css\"></head><body><div id=\"ui\"></div>\
+         <script src=\"swagger-ui-bundle.js\"></script>\
+         <script>window.ui = SwaggerUIBundle({url: '../api-spec.json', dom_id: '#ui'});</script>\
+         </body></html>",
+    )
+}
+
+/// `GET /api-docs/swagger-ui-bundle.js`.
+pub(crate) async fn viewer_script() -> Response {
+    asset(
+        "text/javascript",
+        include_bytes!("../assets/swagger-ui/swagger-ui-bundle.js"),
+    )
+}
+
+/// `GET /api-docs/swagger-ui.css`.
+pub(crate) async fn viewer_style() -> Response {
+    asset(
+        "text/css",
+        include_bytes!("../assets/swagger-ui/swagger-ui.css"),
+    )
+}
+
+fn asset(content_type: &'static str, bytes: &'static [u8]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
