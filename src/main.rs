@@ -97,6 +97,12 @@ struct GatewayOptions {
     /// routes need one, as in the old runner).
     #[arg(long, env = "CORRAL_REQUIRE_AUTH")]
     require_auth: bool,
+    /// The largest request body, in bytes (larger: 413).
+    #[arg(long, env = "CORRAL_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// The largest output file a plugin may write, in bytes (larger: the task fails).
+    #[arg(long, env = "CORRAL_MAX_OUTPUT_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
+    max_output_bytes: u64,
     /// The token role (`roles` claim) that may start, stop and restart plugins.
     #[arg(long, env = "CORRAL_ADMIN_ROLE", default_value = "admin")]
     admin_role: String,
@@ -124,6 +130,8 @@ impl GatewayOptions {
             self.data_dir.clone(),
         );
         config.trusted_proxies = self.reverse_proxy_count;
+        config.max_body_bytes = self.max_body_bytes;
+        config.max_output_bytes = self.max_output_bytes;
         if let Some(public_url) = &self.public_url {
             config.public_url = public_url.trim_end_matches('/').to_owned();
         }

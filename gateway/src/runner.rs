@@ -448,26 +448,35 @@ impl Runner {
     /// A broken call: a crash of the plugin's process (with the supervisor's
     /// reason), or another gRPC error.
     async fn broken(&self, live: &LivePlugin, status: tonic::Status) -> Outcome {
-        let identifier = live.identifier.clone();
-        let pid = live.pid;
-        let gone = tokio::time::timeout(
-            CRASH_REPORT_WAIT,
-            self.directory
-                .wait_for(|table| table.ready(&identifier).is_none_or(|now| now.pid != pid)),
-        )
-        .await
-        .is_ok();
-        if gone || status.code() == tonic::Code::Unavailable {
-            let how = self
-                .directory
-                .snapshot()
-                .last_exit_reason(&live.folder)
-                .map(|reason| format!(" ({reason})"))
-                .unwrap_or_default();
-            return Outcome::Crashed(format!(
-                "plugin {} stopped while running the task{how}",
-                live.identifier
-            ));
+        use tonic::Code;
+        // A dead process shows as a broken transport; give the supervisor a
+        // moment to report it, so the reason can say how it ended.
+        let maybe_crashed = matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        );
+        if maybe_crashed {
+            let identifier = live.identifier.clone();
+            let pid = live.pid;
+            let gone = tokio::time::timeout(
+                CRASH_REPORT_WAIT,
+                self.directory
+                    .wait_for(|table| table.ready(&identifier).is_none_or(|now| now.pid != pid)),
+            )
+            .await
+            .is_ok();
+            if gone {
+                let how = self
+                    .directory
+                    .snapshot()
+                    .last_exit_reason(&live.folder)
+                    .map(|reason| format!(" ({reason})"))
+                    .unwrap_or_default();
+                return Outcome::Crashed(format!(
+                    "plugin {} stopped while running the task{how}",
+                    live.identifier
+                ));
+            }
         }
         Outcome::Failure(format!(
             "plugin {} failed: {} ({:?})",
