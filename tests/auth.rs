@@ -34,21 +34,7 @@ fn hs256(claims: Value) -> String {
 }
 
 async fn serve(database: &TestDatabase, extra: &[&str]) -> Corral {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
-    command
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(database.data_dir.path())
-        .arg("--plugin-folders")
-        .arg(plugins())
-        .args(extra);
-    Corral::start_command(command)
+    Corral::serve_with(database, &[&plugins()], extra)
 }
 
 async fn status_with(

@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use common::{
@@ -21,24 +18,7 @@ use common::{
 use serde_json::{Value, json};
 
 fn serve_with(database: &TestDatabase, folders: &PluginFolders, extra: &[&str]) -> Corral {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
-    command
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(database.data_dir.path())
-        .arg("--plugin-folders")
-        .arg(folders.path())
-        .args(extra);
-    if let Some(url) = &database.url {
-        command.args(["--database-url", url]);
-    }
-    Corral::start_command(command)
+    Corral::serve_with(database, &[folders.path()], extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

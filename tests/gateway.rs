@@ -86,16 +86,9 @@ async fn hello_world_output_and_its_file(db: Db) {
 async fn multi_step_outputs_progress_and_event_stream(db: Db) {
     let (_database, corral) = start(db).await;
     let task_url = corral.submit(MULTI, &[("inputStr", "input text")]).await;
-    let first = corral
-        .events_until(&task_url, |name, data| {
-            name == "step" || (name == "snapshot" && data.get("steps").is_some())
-        })
-        .await;
-    assert_eq!(first[0].0, "snapshot");
+    corral.wait_for_step(&task_url).await;
 
-    let (_, status) = corral
-        .get_json(task_url.trim_start_matches(&corral.http))
-        .await;
+    let (_, status) = corral.get_json(&task_url).await;
     let step = &status["steps"][0];
     assert_eq!(status["status"], "PENDING");
     assert_eq!(
@@ -124,23 +117,28 @@ async fn multi_step_outputs_progress_and_event_stream(db: Db) {
         "{page}"
     );
 
-    // The stream of the rest of the task, from a client that connects now.
+    // The stream of the rest of the task, from a client that connects now (the
+    // step is submitted once it has its snapshot).
+    let (connected, snapshot_seen) = tokio::sync::oneshot::channel::<()>();
     let stream = {
-        let corral_client = corral.client.clone();
+        let client = corral.client.clone();
         let url = task_url.clone();
-        let http = corral.http.clone();
-        let _ = http;
+        let connected = std::sync::Mutex::new(Some(connected));
         tokio::spawn(async move {
-            common::serve::events_until(&corral_client, &url, |name, _| name == "status").await
+            common::serve::events_until(&client, &url, |name, _| {
+                if let Some(connected) = connected.lock().unwrap().take() {
+                    let _ = connected.send(());
+                }
+                name == "status"
+            })
+            .await
         })
     };
+    snapshot_seen.await.unwrap();
     // The step form is submitted with its prefilled value unchanged.
     let (code, location, body) = corral
         .post_form(
-            step["href"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches(&corral.http),
+            step["href"].as_str().unwrap(),
             &[("inputStr", "Input from preprocessing: input text")],
         )
         .await;
@@ -192,13 +190,7 @@ async fn multi_step_outputs_progress_and_event_stream(db: Db) {
 
     // Submitting the step again is refused and changes nothing.
     let (code, _, body) = corral
-        .post_form(
-            step["href"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches(&corral.http),
-            &[("inputStr", "again")],
-        )
+        .post_form(step["href"].as_str().unwrap(), &[("inputStr", "again")])
         .await;
     assert_eq!(code, 422, "{body}");
 }
@@ -360,16 +352,9 @@ async fn webhooks_arrive_in_the_observed_order(db: Db) {
         }
     }
     wait_for(&received, &mut notified, 2).await;
-    let (_, status) = corral
-        .get_json(task_url.trim_start_matches(&corral.http))
-        .await;
+    let (_, status) = corral.get_json(&task_url).await;
     let step_href = status["steps"][0]["href"].as_str().unwrap().to_owned();
-    let (code, _, body) = corral
-        .post_form(
-            step_href.trim_start_matches(&corral.http),
-            &[("answer", "yes")],
-        )
-        .await;
+    let (code, _, body) = corral.post_form(&step_href, &[("answer", "yes")]).await;
     assert_eq!(code, 303, "{body}");
     wait_for(&received, &mut notified, 5).await;
     let received = received.lock().unwrap().clone();
@@ -605,11 +590,7 @@ async fn plugin_list_metadata_and_redirects(db: Db) {
 async fn a_plugin_killed_mid_task_fails_the_task_with_the_reason(db: Db) {
     let (_database, corral) = start(db).await;
     let task_url = corral.submit(MULTI, &[("inputStr", "doomed")]).await;
-    corral
-        .events_until(&task_url, |name, data| {
-            name == "step" || (name == "snapshot" && data.get("steps").is_some())
-        })
-        .await;
+    corral.wait_for_step(&task_url).await;
     let mut admin = corral_proto::supervisor::v1::admin_client::AdminClient::connect(format!(
         "http://{}",
         corral.grpc.as_ref().unwrap()
@@ -642,11 +623,7 @@ async fn a_gateway_killed_mid_task_ends_the_task_when_it_comes_back(db: Db) {
     let mut gateway = Corral::gateway(&database, &supervisor.url());
     gateway.wait_for_plugins(&[MULTI]).await;
     let task_url = gateway.submit(MULTI, &[("inputStr", "interrupted")]).await;
-    gateway
-        .events_until(&task_url, |name, data| {
-            name == "step" || (name == "snapshot" && data.get("steps").is_some())
-        })
-        .await;
+    gateway.wait_for_step(&task_url).await;
     gateway.child.kill().unwrap();
     gateway.child.wait().unwrap();
 

@@ -87,6 +87,18 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// A supervisor plugin state in lower case, e.g. `ready`, `backoff`.
+pub fn state_name(state: i32) -> String {
+    PluginState::try_from(state)
+        .map(|state| {
+            state
+                .as_str_name()
+                .trim_start_matches("PLUGIN_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// A handle on the live plugin table.
 #[derive(Debug, Clone)]
 pub struct Directory {

@@ -117,8 +117,13 @@ pub struct Corral {
 }
 
 impl Corral {
-    /// `corral serve` with the reference plugins (or `plugin_folders`) on `database`.
+    /// `corral serve` with `plugin_folders` on `database`.
     pub fn serve(database: &TestDatabase, plugin_folders: &[&Path]) -> Self {
+        Self::serve_with(database, plugin_folders, &[])
+    }
+
+    /// `corral serve` with extra flags.
+    pub fn serve_with(database: &TestDatabase, plugin_folders: &[&Path], extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
         command
             .args([
@@ -131,7 +136,8 @@ impl Corral {
             ])
             .arg(database.data_dir.path())
             .arg("--plugin-folders")
-            .arg(std::env::join_paths(plugin_folders).unwrap());
+            .arg(std::env::join_paths(plugin_folders).unwrap())
+            .args(extra);
         if let Some(url) = &database.url {
             command.args(["--database-url", url]);
         }
@@ -154,11 +160,6 @@ impl Corral {
         if let Some(url) = &database.url {
             command.args(["--database-url", url]);
         }
-        Self::start(command)
-    }
-
-    /// Runs a prepared `corral` command that prints the gateway's address.
-    pub fn start_command(command: Command) -> Self {
         Self::start(command)
     }
 
@@ -202,7 +203,11 @@ impl Corral {
         }
     }
 
+    /// An absolute URL for `path`; an absolute URL is returned as it is.
     pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") {
+            return path.to_owned();
+        }
         format!("{}{path}", self.http)
     }
 
@@ -279,6 +284,14 @@ impl Corral {
         until: impl Fn(&str, &Value) -> bool,
     ) -> Vec<(String, Value)> {
         events_until(&self.client, task_url, until).await
+    }
+
+    /// Waits (through the event stream) until the task asks for a step.
+    pub async fn wait_for_step(&self, task_url: &str) {
+        self.events_until(task_url, |name, data| {
+            name == "step" || (name == "snapshot" && data.get("steps").is_some())
+        })
+        .await;
     }
 
     /// Waits for the task to end (through its event stream) and returns its status.

@@ -6,7 +6,7 @@ use axum::{
     extract::{Path, State},
 };
 use corral_proto::supervisor::v1::{
-    ListPluginsRequest, PluginRef, PluginState, PluginStatus, admin_client::AdminClient,
+    ListPluginsRequest, PluginRef, PluginStatus, admin_client::AdminClient,
 };
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -24,14 +24,7 @@ async fn admin(state: &AppState) -> Result<AdminClient<Channel>, ApiError> {
 
 /// A plugin as the admin routes show it.
 pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
-    let state = PluginState::try_from(status.state)
-        .map(|state| {
-            state
-                .as_str_name()
-                .trim_start_matches("PLUGIN_STATE_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| "unknown".into());
+    let state = crate::directory::state_name(status.state);
     json!({
         "plugin": status.plugin,
         "identifier": status.identifier,

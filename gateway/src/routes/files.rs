@@ -8,6 +8,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
+use subtle::ConstantTimeEq;
 use tokio_util::io::ReaderStream;
 
 use crate::{
@@ -38,7 +39,7 @@ pub(crate) async fn download(
         return Err(not_found());
     }
     let file = state.store.file(&file_id).await?.ok_or_else(not_found)?;
-    if !constant_time_eq(file.secret.as_bytes(), secret.as_bytes()) {
+    if !bool::from(file.secret.as_bytes().ct_eq(secret.as_bytes())) {
         return Err(not_found());
     }
     let reader = state.runner.files.open(&file.storage_key).await?;
@@ -72,15 +73,6 @@ fn content_disposition(name: &str) -> String {
         .collect::<String>()
         .replace('+', "%20");
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
-}
-
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
 }
 
 #[cfg(test)]
