@@ -63,7 +63,7 @@ pub enum ApiError {
     /// 403: a valid token without the needed role.
     #[error("{0}")]
     Forbidden(String),
-    /// A gRPC call failed; answered by the grpc-gateway table (see [`http_status`]).
+    /// A gRPC call failed; answered by the grpc-gateway table (see the README).
     #[error("{}", .0.message())]
     Grpc(tonic::Status),
     /// 500: logged with its cause, answered generically.
