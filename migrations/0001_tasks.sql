@@ -11,6 +11,8 @@ CREATE TABLE tasks (
     progress_target BIGINT,
     progress_unit TEXT,
     inputs TEXT NOT NULL,
+    -- Scheme, host and prefix the client used: links in events and webhooks.
+    base_url TEXT NOT NULL,
     attempts BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,

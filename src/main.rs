@@ -72,10 +72,6 @@ struct GatewayOptions {
     /// How many reverse proxies' X-Forwarded-* headers to trust.
     #[arg(long, env = "REVERSE_PROXY_COUNT", default_value_t = 0)]
     reverse_proxy_count: usize,
-    /// Public base URL for links made outside a request (webhooks, event streams);
-    /// default http://<--http>.
-    #[arg(long, env = "CORRAL_PUBLIC_URL")]
-    public_url: Option<String>,
     /// Shared secret of HS256 bearer tokens.
     #[arg(
         long,
@@ -132,9 +128,6 @@ impl GatewayOptions {
         config.trusted_proxies = self.reverse_proxy_count;
         config.max_body_bytes = self.max_body_bytes;
         config.max_output_bytes = self.max_output_bytes;
-        if let Some(public_url) = &self.public_url {
-            config.public_url = public_url.trim_end_matches('/').to_owned();
-        }
         let public_key = match &self.jwt_public_key {
             Some(path) => Some(std::fs::read(path).with_context(|| {
                 format!("failed to read the JWT public key {}", path.display())

@@ -88,6 +88,11 @@ async fn admin_routes_need_the_admin_role_and_refuse_bad_tokens() {
             401,
         ),
         (hs256(json!({"aud": "corral", "roles": ["admin"]})), 401),
+        (hs256(json!({"exp": exp, "roles": ["admin"]})), 401),
+        (
+            hs256(json!({"exp": exp, "nbf": now() + 3600, "aud": "corral", "roles": ["admin"]})),
+            401,
+        ),
         (
             token(
                 json!({"exp": exp, "aud": "corral", "roles": ["admin"]}),

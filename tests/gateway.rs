@@ -447,6 +447,17 @@ async fn invalid_requests_get_json_errors_and_create_no_task(db: Db) {
         format!("/plugins/{HELLO}/ui/?inputStr=x")
     );
 
+    let response = corral
+        .client
+        .get(corral.url("//evil.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 308);
+    assert_eq!(response.headers()["location"], "/evil.example/");
+    let (code, body) = corral.get_json("/files/x/?file-id=y&file-id=z").await;
+    assert_eq!(code, 404, "{body}");
+
     let bad_subscription = corral
         .client
         .post(corral.url("/tasks/00000000000000000000000000000000/"))

@@ -124,14 +124,20 @@ impl AuthConfig {
         // confusion are refused by construction.
         let mut validation = Validation::new(*algorithm);
         validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|error| {
                 ApiError::Unauthorized(format!("Invalid token: {}.", describe(&error)))

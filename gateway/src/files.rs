@@ -28,6 +28,8 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
     async fn create(&self, key: &str) -> io::Result<Box<dyn FileSink>>;
     /// Opens the file under `key` for reading.
     async fn open(&self, key: &str) -> io::Result<Box<dyn AsyncRead + Send + Unpin>>;
+    /// Removes the file under `key`; a missing file is not an error.
+    async fn delete(&self, key: &str) -> io::Result<()>;
 }
 
 /// Files in a local folder, one file per key.
@@ -64,6 +66,19 @@ struct LocalSink {
     partial: PathBuf,
     done: PathBuf,
     size: u64,
+    finished: bool,
+}
+
+impl Drop for LocalSink {
+    /// A sink dropped unfinished (its writer was cancelled) leaves no partial file.
+    fn drop(&mut self) {
+        if !self.finished {
+            let partial = std::mem::take(&mut self.partial);
+            tokio::spawn(async move {
+                let _ = tokio::fs::remove_file(partial).await;
+            });
+        }
+    }
 }
 
 #[async_trait]
@@ -78,11 +93,12 @@ impl FileSink for LocalSink {
         self.file.flush().await?;
         self.file.get_mut().sync_data().await?;
         tokio::fs::rename(&self.partial, &self.done).await?;
+        self.finished = true;
         Ok(self.size)
     }
 
-    async fn abort(self: Box<Self>) {
-        drop(self.file);
+    async fn abort(mut self: Box<Self>) {
+        self.finished = true;
         let _ = tokio::fs::remove_file(&self.partial).await;
     }
 }
@@ -98,12 +114,20 @@ impl FileStore for LocalFileStore {
             partial,
             done,
             size: 0,
+            finished: false,
         }))
     }
 
     async fn open(&self, key: &str) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
         let file = tokio::fs::File::open(self.path(key)?).await?;
         Ok(Box::new(file))
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -97,7 +97,11 @@ fn check(kind: FieldKind, field: &FormField, value: &str) -> Result<String, Stri
                 .split_once(':')
                 .map(|(scheme, _)| scheme.to_ascii_lowercase());
             match scheme.as_deref() {
-                Some("http" | "https" | "data" | "file") => Ok(value.to_owned()),
+                Some("http" | "https") if url::Url::parse(value).is_ok() => Ok(value.to_owned()),
+                Some("data") => Ok(value.to_owned()),
+                // Local files only as file://localhost/…; the plugin's manifest decides
+                // whether it may read them.
+                Some("file") if value.starts_with("file://localhost/") => Ok(value.to_owned()),
                 _ => Err("Not a valid URL.".into()),
             }
         }

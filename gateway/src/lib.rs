@@ -93,18 +93,13 @@ impl RunningGateway {
         })?;
         let shutdown = CancellationToken::new();
         let directory = Directory::follow(config.supervisor_url.clone(), shutdown.clone());
-        let public_url = if config.public_url.ends_with(":0") {
-            format!("http://{local_addr}")
-        } else {
-            config.public_url.clone()
-        };
         let runner = Runner {
             store: store.clone(),
             files: Arc::new(files),
             directory: directory.clone(),
             live: LiveEvents::default(),
             webhooks: Webhooks::start(store.clone()),
-            base: urls::BaseUrl::new(public_url.trim_end_matches('/'), ""),
+            running: Default::default(),
             max_output_bytes: config.max_output_bytes,
             shutdown: shutdown.clone(),
         };
@@ -139,20 +134,34 @@ impl RunningGateway {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` is cancelled.
+    /// Serves until `stop` is cancelled. Running tasks are left `PENDING` at once
+    /// (the next start resumes or ends them), event streams end, and open
+    /// connections get a few seconds to finish.
     pub async fn serve(self, stop: CancellationToken) -> Result<(), GatewayError> {
         let router = routes::router(self.state);
         let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        shutdown.cancel();
+        let stopping = stop.clone();
+        let served = axum::serve(self.listener, router.into_make_service())
+            .with_graceful_shutdown(async move {
+                stopping.cancelled().await;
+                shutdown.cancel();
+            })
+            .into_future();
+        tokio::pin!(served);
+        let served = tokio::select! {
+            served = &mut served => served,
+            () = async { stop.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
+        };
+        self.shutdown.cancel();
         served.map_err(|source| GatewayError::Io {
             what: "the HTTP server failed".into(),
             source,
         })
     }
 }
+
+/// How long open connections may take to finish after a shutdown request.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn loopback(mut address: std::net::SocketAddr) -> std::net::SocketAddr {
     if address.ip().is_unspecified() {

@@ -2,7 +2,11 @@
 //! files to the store, notify followers and webhooks, and end every task
 //! `SUCCESS` or `FAILURE`, whatever the plugin or the gateway does. See `tasks.md`.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use corral_proto::plugin::v1::{InvokeRequest, SubmitStepRequest, invoke_event::Event};
 use serde_json::json;
@@ -24,6 +28,19 @@ const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
 const READY_WAIT: Duration = Duration::from_secs(30);
 /// How long after a broken stream the supervisor has to report the crash.
 const CRASH_REPORT_WAIT: Duration = Duration::from_secs(2);
+/// How long a step submission waits for its plugin to be listed again.
+const STEP_READY_WAIT: Duration = Duration::from_secs(5);
+/// Longest log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// One task to run: what and for whom (links use the client's base URL).
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) task_id: String,
+    pub(crate) plugin: String,
+    pub(crate) inputs: BTreeMap<String, String>,
+    pub(crate) base: BaseUrl,
+}
 
 /// What a task runner needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -33,8 +50,8 @@ pub(crate) struct Runner {
     pub(crate) directory: Directory,
     pub(crate) live: LiveEvents,
     pub(crate) webhooks: Webhooks,
-    /// The public URL for hrefs in events and webhooks.
-    pub(crate) base: BaseUrl,
+    /// Running tasks: ending one from outside (a failed step) stops its runner.
+    pub(crate) running: Arc<Mutex<HashMap<String, CancellationToken>>>,
     /// The largest output file.
     pub(crate) max_output_bytes: u64,
     pub(crate) shutdown: CancellationToken,
@@ -46,28 +63,36 @@ enum Outcome {
     Failure(String),
     /// The plugin's process went away; the reason says how.
     Crashed(String),
-    /// The gateway is shutting down.
+    /// The gateway is shutting down, or the task was ended from outside: its row
+    /// is left as it is (a restart resumes a `PENDING` one).
     Interrupted,
 }
 
 impl Runner {
     /// Runs a task that was just created (or found unfinished at start), in the background.
-    pub(crate) fn spawn(&self, task_id: String, plugin: String, inputs: BTreeMap<String, String>) {
+    pub(crate) fn spawn(&self, job: Job) {
         let runner = self.clone();
-        let span = tracing::info_span!("task", id = %task_id, plugin = %plugin);
+        let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
+        let cancel = CancellationToken::new();
+        self.lock_running()
+            .insert(job.task_id.clone(), cancel.clone());
         let task = async move {
-            if let Err(error) = runner.run(&task_id, &plugin, inputs).await {
-                tracing::error!(task = %task_id, %error, "task runner failed");
+            if let Err(error) = runner.run(&job, &cancel).await {
+                tracing::error!(task = %job.task_id, %error, "task runner failed");
+                let reason = "the gateway could not record the task's progress";
                 let _ = runner
-                    .finish(
-                        &task_id,
-                        TaskStatus::Failure,
-                        Some("the gateway could not record the task's progress"),
-                    )
+                    .finish(&job.task_id, TaskStatus::Failure, Some(reason), &job.base)
                     .await;
             }
+            runner.lock_running().remove(&job.task_id);
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Resumes the tasks a previous gateway left unfinished: re-run where the
@@ -75,15 +100,16 @@ impl Runner {
     pub(crate) async fn recover(&self) -> Result<usize, StoreError> {
         let pending = self.store.pending_tasks().await?;
         let count = pending.len();
-        for (task_id, plugin) in pending {
+        for (task_id, plugin, base_url) in pending {
             let runner = self.clone();
             tokio::spawn(async move {
-                let Some(live) = runner.wait_until_ready(&plugin).await else {
+                let base = BaseUrl::new(base_url, "");
+                let Some(live) = runner.wait_until_ready(&plugin, READY_WAIT).await else {
                     let reason = format!(
                         "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
                     );
                     let _ = runner
-                        .finish(&task_id, TaskStatus::Failure, Some(&reason))
+                        .finish(&task_id, TaskStatus::Failure, Some(&reason), &base)
                         .await;
                     return;
                 };
@@ -91,77 +117,75 @@ impl Runner {
                     let reason = "the gateway restarted while the task was running; \
                                   the plugin's tasks are not safe to run again";
                     let _ = runner
-                        .finish(&task_id, TaskStatus::Failure, Some(reason))
+                        .finish(&task_id, TaskStatus::Failure, Some(reason), &base)
                         .await;
                     return;
                 }
-                let inputs = match runner.store.task(&task_id).await {
-                    Ok(Some(task)) => serde_json::from_str(&task.inputs).unwrap_or_default(),
+                let inputs = match runner.store.task_inputs(&task_id).await {
+                    Ok(Some((inputs, _))) => serde_json::from_str(&inputs).unwrap_or_default(),
                     _ => BTreeMap::new(),
                 };
-                let _ = runner
-                    .store
-                    .append_log(
-                        &task_id,
-                        "re-running: the gateway restarted while the task was running",
-                    )
-                    .await;
-                runner.spawn(task_id, plugin, inputs);
+                let note = "re-running: the gateway restarted while the task was running";
+                let _ = runner.store.append_log(&task_id, note).await;
+                runner.spawn(Job {
+                    task_id,
+                    plugin,
+                    inputs,
+                    base,
+                });
             });
         }
         Ok(count)
     }
 
-    async fn run(
-        &self,
-        task_id: &str,
-        plugin: &str,
-        inputs: BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    async fn run(&self, job: &Job, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let task_id = job.task_id.as_str();
         loop {
             let attempt = self.store.begin_attempt(task_id).await?;
-            let Some(live) = self.directory.snapshot().ready(plugin).cloned() else {
-                let reason = format!("plugin {plugin} is not ready");
+            let Some(live) = self.directory.snapshot().ready(&job.plugin).cloned() else {
                 return self
-                    .finish(task_id, TaskStatus::Failure, Some(&reason))
+                    .fail(job, &format!("plugin {} is not ready", job.plugin))
                     .await;
             };
-            let outcome = self.invoke(task_id, &live, &inputs).await?;
-            match outcome {
-                Outcome::Success => return self.finish(task_id, TaskStatus::Success, None).await,
-                Outcome::Failure(reason) => {
+            match self.invoke(job, &live, cancel).await? {
+                Outcome::Success => {
                     return self
-                        .finish(task_id, TaskStatus::Failure, Some(&reason))
+                        .finish(task_id, TaskStatus::Success, None, &job.base)
                         .await;
                 }
+                Outcome::Failure(reason) => return self.fail(job, &reason).await,
                 Outcome::Interrupted => return Ok(()),
                 Outcome::Crashed(reason) if live.retry_safe && attempt < 2 => {
                     self.store
                         .append_log(task_id, &format!("{reason}; running the task again"))
                         .await?;
-                    if self.wait_until_ready(plugin).await.is_none() {
+                    if self
+                        .wait_until_ready(&job.plugin, READY_WAIT)
+                        .await
+                        .is_none()
+                    {
                         let reason = format!("{reason}, and it did not become ready again");
-                        return self
-                            .finish(task_id, TaskStatus::Failure, Some(&reason))
-                            .await;
+                        return self.fail(job, &reason).await;
                     }
                 }
-                Outcome::Crashed(reason) => {
-                    return self
-                        .finish(task_id, TaskStatus::Failure, Some(&reason))
-                        .await;
-                }
+                Outcome::Crashed(reason) => return self.fail(job, &reason).await,
             }
         }
+    }
+
+    async fn fail(&self, job: &Job, reason: &str) -> Result<(), StoreError> {
+        self.finish(&job.task_id, TaskStatus::Failure, Some(reason), &job.base)
+            .await
     }
 
     /// One invocation: the event stream, persisted as it comes.
     async fn invoke(
         &self,
-        task_id: &str,
+        job: &Job,
         live: &LivePlugin,
-        inputs: &BTreeMap<String, String>,
+        cancel: &CancellationToken,
     ) -> Result<Outcome, StoreError> {
+        let (task_id, inputs, base) = (job.task_id.as_str(), &job.inputs, &job.base);
         let mut client = live.client().max_decoding_message_size(MAX_EVENT_BYTES);
         let request = InvokeRequest {
             task_id: task_id.to_owned(),
@@ -176,9 +200,11 @@ impl Runner {
         loop {
             let message = tokio::select! {
                 () = self.shutdown.cancelled() => {
-                    if let Some(output) = open_output.take() {
-                        output.sink.abort().await;
-                    }
+                    abort(open_output.take()).await;
+                    return Ok(Outcome::Interrupted);
+                }
+                () = cancel.cancelled() => {
+                    abort(open_output.take()).await;
                     return Ok(Outcome::Interrupted);
                 }
                 message = stream.message() => message,
@@ -205,7 +231,15 @@ impl Runner {
                 )));
             };
             match event {
-                Event::Log(line) => {
+                Event::Log(mut line) => {
+                    if line.text.len() > MAX_LOG_LINE {
+                        let mut end = MAX_LOG_LINE;
+                        while !line.text.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        line.text.truncate(end);
+                        line.text.push_str(" [line cut]");
+                    }
                     self.store.append_log(task_id, &line.text).await?;
                     self.live.publish(
                         task_id,
@@ -315,7 +349,7 @@ impl Runner {
                         task_id,
                         LiveEvent {
                             kind: "output",
-                            data: serde_json::to_value(crate::views::output(&record, &self.base))
+                            data: serde_json::to_value(crate::views::output(&record, base))
                                 .unwrap_or_default(),
                         },
                     );
@@ -331,27 +365,25 @@ impl Runner {
                     }
                     let form = crate::ui::encode_form(&step.inputs);
                     self.store.add_step(task_id, &step.step_id, &form).await?;
-                    let step_root =
-                        format!("/plugins/{}/{}/{}", live.identifier, task_id, step.step_id);
+                    let view = crate::views::step_view(
+                        &live.identifier,
+                        task_id,
+                        &step.step_id,
+                        false,
+                        base,
+                    );
                     self.live.publish(
                         task_id,
                         LiveEvent {
                             kind: "step",
-                            data: json!({
-                                "stepId": step.step_id,
-                                "href": self.base.absolute(&format!("{step_root}-process/")),
-                                "uiHref": self.base.absolute(&format!("{step_root}-ui/")),
-                                "cleared": false,
-                            }),
+                            data: serde_json::to_value(view).unwrap_or_default(),
                         },
                     );
-                    self.webhooks
-                        .notify(
-                            task_id,
-                            &self.base,
-                            &[WebhookEvent::Steps, WebhookEvent::Details],
-                        )
-                        .await;
+                    self.webhooks.notify(
+                        task_id,
+                        base,
+                        &[WebhookEvent::Steps, WebhookEvent::Details],
+                    );
                 }
                 Event::Result(_) => {
                     if open_output.is_some() {
@@ -373,19 +405,22 @@ impl Runner {
         }
     }
 
-    /// Forwards a step's input to the plugin task that waits for it.
+    /// Forwards a step's input (the step already marked cleared) to the plugin
+    /// task that waits for it.
     pub(crate) async fn submit_step(
         &self,
         task_id: &str,
         plugin: &str,
         step_id: &str,
         inputs: BTreeMap<String, String>,
+        base: &BaseUrl,
     ) -> Result<(), StoreError> {
-        let Some(live) = self.directory.snapshot().ready(plugin).cloned() else {
+        self.webhooks.notify(task_id, base, &[WebhookEvent::Steps]);
+        let Some(live) = self.wait_until_ready(plugin, STEP_READY_WAIT).await else {
             let reason =
                 format!("plugin {plugin} was not ready when the step `{step_id}` was submitted");
             return self
-                .finish(task_id, TaskStatus::Failure, Some(&reason))
+                .finish(task_id, TaskStatus::Failure, Some(&reason), base)
                 .await;
         };
         let request = SubmitStepRequest {
@@ -399,12 +434,9 @@ impl Runner {
                 status.message()
             );
             return self
-                .finish(task_id, TaskStatus::Failure, Some(&reason))
+                .finish(task_id, TaskStatus::Failure, Some(&reason), base)
                 .await;
         }
-        self.webhooks
-            .notify(task_id, &self.base, &[WebhookEvent::Steps])
-            .await;
         Ok(())
     }
 
@@ -414,9 +446,14 @@ impl Runner {
         task_id: &str,
         status: TaskStatus,
         reason: Option<&str>,
+        base: &BaseUrl,
     ) -> Result<(), StoreError> {
         if !self.store.finish(task_id, status, reason).await? {
             return Ok(());
+        }
+        // A runner still streaming this task (it was ended from outside) stops.
+        if let Some(cancel) = self.lock_running().get(task_id) {
+            cancel.cancel();
         }
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
         if let Some(reason) = reason {
@@ -435,13 +472,11 @@ impl Runner {
                 data: json!({"status": status.as_str()}),
             },
         );
-        self.webhooks
-            .notify(
-                task_id,
-                &self.base,
-                &[WebhookEvent::Status, WebhookEvent::Details],
-            )
-            .await;
+        self.webhooks.notify(
+            task_id,
+            base,
+            &[WebhookEvent::Status, WebhookEvent::Details],
+        );
         Ok(())
     }
 
@@ -491,11 +526,11 @@ impl Runner {
         Outcome::Failure(format!("plugin {} {what}", live.identifier))
     }
 
-    async fn wait_until_ready(&self, plugin: &str) -> Option<Arc<LivePlugin>> {
+    async fn wait_until_ready(&self, plugin: &str, limit: Duration) -> Option<Arc<LivePlugin>> {
         let wait = self
             .directory
             .wait_for(|table| table.ready(plugin).is_some());
-        tokio::time::timeout(READY_WAIT, wait).await.ok()?;
+        tokio::time::timeout(limit, wait).await.ok()?;
         self.directory.snapshot().ready(plugin).cloned()
     }
 }

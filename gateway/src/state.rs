@@ -17,9 +17,6 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// How many reverse proxies' `X-Forwarded-*` headers to trust.
     pub trusted_proxies: usize,
-    /// The public base URL for links made outside a request (webhooks, events),
-    /// e.g. `http://127.0.0.1:5005`.
-    pub public_url: String,
     /// The title answered by `GET /`.
     pub title: String,
     /// The largest request body.
@@ -44,7 +41,6 @@ impl GatewayConfig {
             database_url,
             data_dir,
             trusted_proxies: 0,
-            public_url: format!("http://{http}"),
             title: "Corral plugin runner".into(),
             max_body_bytes: 256 * 1024 * 1024,
             max_output_bytes: 8 * 1024 * 1024 * 1024,

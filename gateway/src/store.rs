@@ -8,6 +8,9 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
+/// Past this many characters a task's log takes no more lines.
+const MAX_LOG_CHARS: i64 = 4 * 1024 * 1024;
+
 /// A task's lifecycle status, as the REST contract spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -119,8 +122,6 @@ pub struct TaskRecord {
     pub log: String,
     /// Last progress.
     pub progress: Option<Progress>,
-    /// Validated inputs, as a JSON object of strings.
-    pub inputs: String,
     /// How many times the task was started.
     pub attempts: i64,
     /// Steps in order.
@@ -180,25 +181,49 @@ impl Store {
         Ok(Self { pool })
     }
 
-    /// Inserts a new `PENDING` task; committed when this returns.
+    /// Inserts a new `PENDING` task and attaches the files uploaded with it, in
+    /// one transaction; committed when this returns.
     pub async fn create_task(
         &self,
         id: &str,
         plugin: &str,
         inputs: &str,
+        base_url: &str,
+        uploads: &[String],
     ) -> Result<(), StoreError> {
         let now = now_millis();
+        let mut transaction = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO tasks (id, plugin, status, log, inputs, attempts, created_at, updated_at) \
-             VALUES ($1, $2, 'PENDING', '', $3, 0, $4, $4)",
+            "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
+             updated_at) VALUES ($1, $2, 'PENDING', '', $3, $4, 0, $5, $5)",
         )
         .bind(id)
         .bind(plugin)
         .bind(inputs)
+        .bind(base_url)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
+        for upload in uploads {
+            sqlx::query("UPDATE files SET task_id = $1 WHERE id = $2 AND kind = 'input'")
+                .bind(id)
+                .bind(upload)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
         Ok(())
+    }
+
+    /// The task's validated inputs (JSON) and the base URL its client used.
+    pub async fn task_inputs(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT inputs, base_url FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get("inputs")?, row.try_get("base_url")?)))
+            .transpose()
+            .map_err(|error: sqlx::Error| StoreError::from(error))
     }
 
     /// Files uploaded with a task's form are created before the task: attach them.
@@ -223,10 +248,9 @@ impl Store {
         Ok(())
     }
 
-    /// Links uploaded input files to the task they were uploaded for.
-    pub async fn attach_input_file(&self, file_id: &str, task_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE files SET task_id = $1 WHERE id = $2 AND kind = 'input'")
-            .bind(task_id)
+    /// Forgets uploaded files that no task took (their bytes are the caller's).
+    pub async fn delete_unattached_file(&self, file_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM files WHERE id = $1 AND task_id IS NULL")
             .bind(file_id)
             .execute(&self.pool)
             .await?;
@@ -237,7 +261,7 @@ impl Store {
     pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, plugin, status, log, progress_value, progress_start, progress_target, \
-             progress_unit, inputs, attempts, created_at, finished_at FROM tasks WHERE id = $1",
+             progress_unit, attempts, created_at, finished_at FROM tasks WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -291,7 +315,6 @@ impl Store {
             status: TaskStatus::parse(&row.try_get::<String, _>("status")?),
             log: row.try_get("log")?,
             progress,
-            inputs: row.try_get("inputs")?,
             attempts: row.try_get("attempts")?,
             steps,
             outputs,
@@ -300,16 +323,31 @@ impl Store {
         }))
     }
 
-    /// Counts one more start of the task.
+    /// Counts one more start of the task; a run after the first starts afresh:
+    /// the steps and outputs of the earlier run are dropped.
     pub async fn begin_attempt(&self, id: &str) -> Result<i64, StoreError> {
+        let mut transaction = self.pool.begin().await?;
         let row = sqlx::query(
-            "UPDATE tasks SET attempts = attempts + 1, updated_at = $2 WHERE id = $1 RETURNING attempts",
+            "UPDATE tasks SET attempts = attempts + 1, progress_value = NULL, updated_at = $2 \
+             WHERE id = $1 RETURNING attempts",
         )
         .bind(id)
         .bind(now_millis())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *transaction)
         .await?;
-        Ok(row.try_get("attempts")?)
+        let attempts: i64 = row.try_get("attempts")?;
+        if attempts > 1 {
+            sqlx::query("DELETE FROM task_steps WHERE task_id = $1")
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
+            sqlx::query("DELETE FROM files WHERE task_id = $1 AND kind = 'output'")
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(attempts)
     }
 
     /// Appends a line to the task's log.
@@ -317,12 +355,13 @@ impl Store {
         // The line end is bound, not written in SQL: the two databases escape differently.
         sqlx::query(
             "UPDATE tasks SET log = CASE WHEN log = '' THEN $2 ELSE log || $3 END, \
-             updated_at = $4 WHERE id = $1",
+             updated_at = $4 WHERE id = $1 AND status = 'PENDING' AND LENGTH(log) < $5",
         )
         .bind(id)
         .bind(line)
         .bind(format!("\n{line}"))
         .bind(now_millis())
+        .bind(MAX_LOG_CHARS)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -332,7 +371,7 @@ impl Store {
     pub async fn set_progress(&self, id: &str, progress: &Progress) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE tasks SET progress_value = $2, progress_start = $3, progress_target = $4, \
-             progress_unit = $5, updated_at = $6 WHERE id = $1",
+             progress_unit = $5, updated_at = $6 WHERE id = $1 AND status = 'PENDING'",
         )
         .bind(id)
         .bind(progress.value)
@@ -395,15 +434,21 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
-    /// Ids of the tasks that have not ended, oldest first.
-    pub async fn pending_tasks(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// Id, plugin and base URL of the tasks that have not ended, oldest first.
+    pub async fn pending_tasks(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, plugin FROM tasks WHERE status = 'PENDING' ORDER BY created_at",
+            "SELECT id, plugin, base_url FROM tasks WHERE status = 'PENDING' ORDER BY created_at",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("id")?, row.try_get("plugin")?)))
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    row.try_get("plugin")?,
+                    row.try_get("base_url")?,
+                ))
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }

@@ -81,8 +81,9 @@ impl Webhooks {
         Self { queue }
     }
 
-    /// Queues `events` of a task, in order.
-    pub(crate) async fn notify(&self, task_id: &str, base: &BaseUrl, events: &[WebhookEvent]) {
+    /// Queues `events` of a task, in order, without waiting: a full queue drops
+    /// the notice with a warning rather than hold up a request or a task.
+    pub(crate) fn notify(&self, task_id: &str, base: &BaseUrl, events: &[WebhookEvent]) {
         let task_url = base.absolute(&format!("/tasks/{task_id}/"));
         for event in events {
             let notice = Notice {
@@ -90,8 +91,8 @@ impl Webhooks {
                 task_url: task_url.clone(),
                 event: *event,
             };
-            if self.queue.send(notice).await.is_err() {
-                tracing::warn!(task = %task_id, "webhook worker stopped; notice dropped");
+            if let Err(error) = self.queue.try_send(notice) {
+                tracing::warn!(task = %task_id, %error, "webhook notice dropped");
             }
         }
     }

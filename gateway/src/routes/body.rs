@@ -20,6 +20,17 @@ use crate::{
 
 /// Most fields one form may submit.
 const MAX_FIELDS: usize = 1000;
+/// The largest urlencoded or JSON body (uploads go through multipart).
+const MAX_SMALL_BODY: usize = 16 * 1024 * 1024;
+
+/// What to do with uploaded files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uploads {
+    /// Store them; the form's value is a URL the plugin can read.
+    Store,
+    /// Read past them (a form page, a subscription): nothing is kept.
+    Skip,
+}
 
 /// What a form submission carried.
 #[derive(Debug, Default)]
@@ -35,10 +46,24 @@ impl Submitted {
     pub(crate) fn location(&self) -> Location {
         self.location.unwrap_or(Location::Form)
     }
+
+    /// Forgets the files uploaded with a submission that made no task.
+    pub(crate) async fn discard_uploads(&self, state: &AppState) {
+        for upload in &self.uploads {
+            if let Ok(Some(file)) = state.store.file(upload).await {
+                let _ = state.runner.files.delete(&file.storage_key).await;
+            }
+            let _ = state.store.delete_unattached_file(upload).await;
+        }
+    }
 }
 
 /// Reads the body of `request` as the form it carries.
-pub(crate) async fn read(state: &AppState, request: Request) -> Result<Submitted, ApiError> {
+pub(crate) async fn read(
+    state: &AppState,
+    request: Request,
+    uploads: Uploads,
+) -> Result<Submitted, ApiError> {
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
@@ -49,14 +74,12 @@ pub(crate) async fn read(state: &AppState, request: Request) -> Result<Submitted
         let multipart = Multipart::from_request(request, state)
             .await
             .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-        return read_multipart(state, multipart).await;
+        return read_multipart(state, multipart, uploads).await;
     }
-    let bytes = Bytes::from_request(request, state)
+    let limit = state.config.max_body_bytes.min(MAX_SMALL_BODY);
+    let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
-        .map_err(|rejection| match rejection.status().as_u16() {
-            413 => ApiError::TooLarge("The request body is too large.".into()),
-            _ => ApiError::BadRequest(rejection.body_text()),
-        })?;
+        .map_err(|_| ApiError::TooLarge("The request body is too large.".into()))?;
     if content_type.starts_with("application/json") {
         return read_json(&bytes);
     }
@@ -113,7 +136,11 @@ fn read_json(bytes: &[u8]) -> Result<Submitted, ApiError> {
     Ok(submitted)
 }
 
-async fn read_multipart(state: &AppState, mut multipart: Multipart) -> Result<Submitted, ApiError> {
+async fn read_multipart(
+    state: &AppState,
+    mut multipart: Multipart,
+    uploads: Uploads,
+) -> Result<Submitted, ApiError> {
     let mut submitted = Submitted {
         location: Some(Location::Form),
         ..Submitted::default()
@@ -127,6 +154,10 @@ async fn read_multipart(state: &AppState, mut multipart: Multipart) -> Result<Su
             )));
         }
         let name = field.name().unwrap_or_default().to_owned();
+        if uploads == Uploads::Skip && field.file_name().is_some() {
+            while field.chunk().await.map_err(multipart_error)?.is_some() {}
+            continue;
+        }
         let Some(file_name) = field.file_name().map(str::to_owned) else {
             let mut value = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {

@@ -17,7 +17,7 @@ use axum::{
 };
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::{auth, error::error_response, openapi, state::AppState};
+use crate::{auth, error::error_response, openapi, state::AppState, urls::BaseUrl};
 
 /// The REST API.
 pub(crate) fn router(state: AppState) -> Router {
@@ -61,6 +61,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(admin)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -71,13 +72,15 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 /// 308 to the slashed path when the slash is missing; else the JSON 404.
-async fn fallback(request: Request) -> Response {
+async fn fallback(base: BaseUrl, request: Request) -> Response {
     let uri = request.uri();
     let path = uri.path();
     if !path.ends_with('/') {
+        // Leading slashes collapse: `//host` must not become a redirect elsewhere.
+        let path = base.path(&format!("/{}/", path.trim_start_matches('/')));
         let location = match uri.query() {
-            Some(query) => format!("{path}/?{query}"),
-            None => format!("{path}/"),
+            Some(query) => format!("{path}?{query}"),
+            None => path,
         };
         return (
             StatusCode::PERMANENT_REDIRECT,
@@ -86,6 +89,25 @@ async fn fallback(request: Request) -> Response {
             .into_response();
     }
     error_response(StatusCode::NOT_FOUND, "Not found.")
+}
+
+/// Rejections of axum's extractors (plain text) get the contract's JSON body.
+async fn json_errors(response: Response) -> Response {
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/plain"));
+    let failed = response.status().is_client_error() || response.status().is_server_error();
+    if !is_text || !failed {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    error_response(status, &text)
 }
 
 async fn method_not_allowed() -> Response {

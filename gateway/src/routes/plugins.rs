@@ -15,6 +15,7 @@ use crate::{
     directory::{LivePlugin, compare_versions},
     error::{ApiError, ErrorBody, FieldErrors, FormValues, ValidationErrorBody},
     forms, ids,
+    runner::Job,
     state::AppState,
     ui,
     urls::BaseUrl,
@@ -104,7 +105,7 @@ pub(crate) async fn ui_post(
     request: Request,
 ) -> Result<Html<String>, ApiError> {
     let live = ready(&state, &plugin)?;
-    let submitted = body::read(&state, request).await?;
+    let submitted = body::read(&state, request, body::Uploads::Skip).await?;
     let errors = forms::validate(&live.metadata.inputs, &submitted.values)
         .err()
         .unwrap_or_default();
@@ -161,24 +162,43 @@ pub(crate) async fn process(
     request: Request,
 ) -> Result<Response, ApiError> {
     let live = ready(&state, &plugin)?;
-    let submitted = body::read(&state, request).await?;
-    let values = forms::validate(&live.metadata.inputs, &submitted.values)
-        .map_err(|errors| ApiError::Invalid(submitted.location(), errors))?;
-    let task_id = ids::random_id();
+    let submitted = body::read(&state, request, body::Uploads::Store).await?;
+    let values = match forms::validate(&live.metadata.inputs, &submitted.values) {
+        Ok(values) => values,
+        Err(errors) => {
+            submitted.discard_uploads(&state).await;
+            return Err(ApiError::Invalid(submitted.location(), errors));
+        }
+    };
     let inputs =
         serde_json::to_string(&values).map_err(|error| ApiError::Internal(Box::new(error)))?;
-    state
-        .store
-        .create_task(&task_id, &live.identifier, &inputs)
-        .await?;
-    for upload in &submitted.uploads {
-        state.store.attach_input_file(upload, &task_id).await?;
-    }
-    tracing::info!(task = %task_id, plugin = %live.identifier, "task created");
-    state
-        .runner
-        .spawn(task_id.clone(), live.identifier.clone(), values);
-    Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
+    let job = Job {
+        task_id: ids::random_id(),
+        plugin: live.identifier.clone(),
+        inputs: values,
+        base: base.clone(),
+    };
+    let task_url = base.absolute(&format!("/tasks/{}/", job.task_id));
+    let base_url = base.absolute("");
+    // Finished even if the client goes away: a committed task always gets its runner.
+    tokio::spawn(async move {
+        state
+            .store
+            .create_task(
+                &job.task_id,
+                &job.plugin,
+                &inputs,
+                &base_url,
+                &submitted.uploads,
+            )
+            .await?;
+        tracing::info!(task = %job.task_id, plugin = %job.plugin, "task created");
+        state.runner.spawn(job);
+        Ok::<_, ApiError>(())
+    })
+    .await
+    .map_err(|error| ApiError::Internal(Box::new(error)))??;
+    Ok(Redirect::to(&task_url).into_response())
 }
 
 /// The ready plugin, or 404 / 503 with a clear message.

@@ -63,7 +63,7 @@ pub(crate) async fn subscribe(
     request: Request,
 ) -> Result<Json<views::TaskStatus>, ApiError> {
     let record = task(&state, &task_id).await?;
-    let submitted = body::read(&state, request).await?;
+    let submitted = body::read(&state, request, body::Uploads::Skip).await?;
     let location = submitted.location();
     let mut errors = FieldErrors::new();
     let command = submitted.values.get("command").map(String::as_str);
@@ -141,7 +141,7 @@ pub(crate) async fn events(
     if finished {
         state.runner.live.forget(&task_id);
     }
-    let stream = event_stream(snapshot, finished, receiver);
+    let stream = event_stream(snapshot, finished, receiver, state.runner.shutdown.clone());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -151,13 +151,20 @@ fn event_stream(
     snapshot: SseEvent,
     finished: bool,
     mut receiver: broadcast::Receiver<LiveEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream(move |sender| async move {
         if sender.send(snapshot).await.is_err() || finished {
             return;
         }
         loop {
-            let event = match receiver.recv().await {
+            let received = tokio::select! {
+                received = receiver.recv() => received,
+                // The client left, or the gateway is stopping: end the stream.
+                () = sender.closed() => return,
+                () = shutdown.cancelled() => return,
+            };
+            let event = match received {
                 Ok(event) => event,
                 Err(broadcast::error::RecvError::Lagged(missed)) => LiveEvent {
                     kind: "lagged",
@@ -221,7 +228,7 @@ pub(crate) async fn step(
     match action {
         StepAction::Ui => {
             let (values, errors) = if is_post {
-                let submitted = body::read(&state, request).await?;
+                let submitted = body::read(&state, request, body::Uploads::Skip).await?;
                 let errors = forms::validate(&fields, &submitted.values)
                     .err()
                     .unwrap_or_default();
@@ -249,20 +256,37 @@ pub(crate) async fn step(
                     "This step was already submitted.",
                 ));
             }
-            let submitted = body::read(&state, request).await?;
-            let values = forms::validate(&fields, &submitted.values)
-                .map_err(|errors| ApiError::Invalid(submitted.location(), errors))?;
-            if !state.store.clear_step(&task_id, &step_id).await? {
+            let submitted = body::read(&state, request, body::Uploads::Store).await?;
+            let values = match forms::validate(&fields, &submitted.values) {
+                Ok(values) => values,
+                Err(errors) => {
+                    submitted.discard_uploads(&state).await;
+                    return Err(ApiError::Invalid(submitted.location(), errors));
+                }
+            };
+            // Finished even if the client goes away: a cleared step always reaches
+            // its plugin.
+            let runner = state.runner.clone();
+            let store = state.store.clone();
+            let (task, step, step_base) = (task_id.clone(), step_id.clone(), base.clone());
+            let cleared = tokio::spawn(async move {
+                if !store.clear_step(&task, &step).await? {
+                    return Ok(false);
+                }
+                runner
+                    .submit_step(&task, &plugin, &step, values, &step_base)
+                    .await?;
+                Ok::<_, ApiError>(true)
+            })
+            .await
+            .map_err(|error| ApiError::Internal(Box::new(error)))??;
+            if !cleared {
                 return Err(ApiError::field(
                     Location::Form,
                     "_schema",
                     "This step was already submitted.",
                 ));
             }
-            state
-                .runner
-                .submit_step(&task_id, &plugin, &step_id, values)
-                .await?;
             Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
         }
     }
