@@ -596,6 +596,89 @@ async fn plugin_list_metadata_and_redirects(db: Db) {
     );
     let (code, root) = corral.get_json("/").await;
     assert_eq!((code, root["title"].is_string()), (200, true));
+
+    // Any origin may read; preflights are answered.
+    let preflight = corral
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            corral.url(&format!("/plugins/{HELLO}/process/")),
+        )
+        .header("origin", "http://ui.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let read = corral
+        .client
+        .get(corral.url("/plugins/"))
+        .header("origin", "http://ui.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn forwarded_headers_shape_urls_only_when_the_proxies_are_trusted() {
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve_with(&database, &[&plugins()], &["--reverse-proxy-count", "1"]);
+    corral.wait_for_plugins(&[HELLO]).await;
+    let response = corral
+        .client
+        .get(corral.url("/plugins/"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "qhana.example")
+        .header("x-forwarded-prefix", "/runner")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let hello = body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|plugin| plugin["identifier"] == HELLO)
+        .unwrap();
+    assert_eq!(
+        hello["apiRoot"],
+        format!("https://qhana.example/runner/plugins/{HELLO}/")
+    );
+    let response = corral
+        .client
+        .post(corral.url(&format!("/plugins/{HELLO}/process/")))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "qhana.example")
+        .form(&[("inputStr", "proxied")])
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("https://qhana.example/tasks/"),
+        "{location}"
+    );
+
+    // Without trusted proxies the same headers change nothing.
+    let (database, plain) = start(Db::Sqlite).await;
+    let response = plain
+        .client
+        .get(plain.url("/plugins/"))
+        .header("x-forwarded-host", "qhana.example")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["plugins"][0]["apiRoot"]
+            .as_str()
+            .unwrap()
+            .starts_with(&plain.http)
+    );
+    drop(database);
 }
 
 async fn a_plugin_killed_mid_task_fails_the_task_with_the_reason(db: Db) {

@@ -191,9 +191,7 @@ impl Store {
         base_url: &str,
         uploads: &[String],
     ) -> Result<(), StoreError> {
-        let now = now_millis();
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
              updated_at) VALUES ($1, $2, 'PENDING', '', $3, $4, 0, $5, $5)",
         )
@@ -201,9 +199,14 @@ impl Store {
         .bind(plugin)
         .bind(inputs)
         .bind(base_url)
-        .bind(now)
-        .execute(&mut *transaction)
-        .await?;
+        .bind(now_millis());
+        if uploads.is_empty() {
+            // One statement: no transaction round trips on the common path.
+            insert.execute(&self.pool).await?;
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        insert.execute(&mut *transaction).await?;
         for upload in uploads {
             sqlx::query("UPDATE files SET task_id = $1 WHERE id = $2 AND kind = 'input'")
                 .bind(id)
