@@ -1,5 +1,7 @@
 //! `corral`: the one binary. Each subcommand is an entry point.
 
+mod ctl;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -35,6 +37,8 @@ enum Command {
     Supervisor(SupervisorArgs),
     /// Serve the QHAna plugin REST API over the plugins of a supervisor.
     Gateway(GatewayArgs),
+    /// Operate a running Corral: plugins, their logs, tasks.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,7 +167,12 @@ struct SupervisorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let default_level = if matches!(cli.command, Command::Ctl(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_tracing(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -188,6 +197,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Supervisor(args) => supervisor(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Ctl(args) => ctl::run(args).await,
     }
 }
 
@@ -281,9 +291,9 @@ async fn forward_signals(shutdown: Shutdown) {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -32,6 +32,7 @@ use crate::{error, routes, views};
         routes::files::download,
         routes::admin::list,
         routes::admin::act,
+        routes::admin::tasks,
     ),
     components(schemas(
         views::Root, views::PluginList, views::PluginEntry, views::PluginMetadata,

@@ -134,6 +134,22 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
 }
 
+/// One line of a task listing.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSummary {
+    /// The task id.
+    pub id: String,
+    /// The plugin identifier.
+    pub plugin: String,
+    /// `PENDING`, `SUCCESS` or `FAILURE`.
+    pub status: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds, when finished.
+    pub finished_at: Option<i64>,
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -451,6 +467,29 @@ impl Store {
                     row.try_get("plugin")?,
                     row.try_get("base_url")?,
                 ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The newest tasks: id, plugin, status, created and finished (Unix ms).
+    pub async fn recent_tasks(&self, limit: i64) -> Result<Vec<TaskSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, plugin, status, created_at, finished_at FROM tasks \
+             ORDER BY created_at DESC, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TaskSummary {
+                    id: row.try_get("id")?,
+                    plugin: row.try_get("plugin")?,
+                    status: row.try_get("status")?,
+                    created_at: row.try_get("created_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)

@@ -76,3 +76,30 @@ pub(crate) async fn act(
     tracing::info!(plugin = %status.plugin, action = %action, "plugin changed by an operator");
     Ok(Json(plugin_json(&status)))
 }
+
+/// `GET /admin/tasks/?limit=N`: the newest tasks (default 20, at most 1000).
+#[utoipa::path(get, path = "/admin/tasks/", tag = "admin", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, description = "how many, newest first (default 20, at most 1000)")),
+    responses((status = 200, description = "the newest tasks with their status"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn tasks(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = match query.get("limit") {
+        None => 20,
+        Some(limit) => limit
+            .parse::<i64>()
+            .ok()
+            .filter(|limit| (1..=1000).contains(limit))
+            .ok_or_else(|| {
+                ApiError::field(
+                    crate::error::Location::Query,
+                    "limit",
+                    "Must be between 1 and 1000.",
+                )
+            })?,
+    };
+    let tasks = state.store.recent_tasks(limit).await?;
+    Ok(Json(json!({ "tasks": tasks })))
+}

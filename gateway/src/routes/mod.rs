@@ -29,6 +29,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let admin = Router::new()
         .route("/admin/plugins/", get(admin::list))
+        .route("/admin/tasks/", get(admin::tasks))
         .route("/admin/plugins/{plugin}/{action}/", post(admin::act))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,0 +1,467 @@
+//! `corral ctl`: operate a running Corral. Plugins over the supervisor's admin
+//! gRPC API; tasks over the gateway's REST API.
+
+use std::{io::Write, time::Duration};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use corral_proto::supervisor::v1::{
+    FollowLogsRequest, ListPluginsRequest, PluginRef, PluginState, PluginStatus,
+    admin_client::AdminClient,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+/// Where the servers are and how to talk to them.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CtlArgs {
+    /// The supervisor's gRPC URL.
+    #[arg(
+        long,
+        env = "CORRAL_SUPERVISOR",
+        default_value = "http://127.0.0.1:5006"
+    )]
+    supervisor: String,
+    /// The gateway's URL.
+    #[arg(long, env = "CORRAL_GATEWAY", default_value = "http://127.0.0.1:5005")]
+    gateway: String,
+    /// Bearer token for the gateway's admin routes (`tasks`).
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Every plugin: identifier, state, pid, restarts, uptime, last exit.
+    Plugins,
+    /// Start a stopped or failed plugin (its manifest is read again).
+    Start { plugin: String },
+    /// Stop a plugin: SIGTERM, its grace period, SIGKILL.
+    Stop { plugin: String },
+    /// Restart a plugin.
+    Restart { plugin: String },
+    /// A plugin's captured stdout and stderr.
+    Logs {
+        plugin: String,
+        /// Keep following new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many past lines to show.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
+    /// The newest tasks with their status (needs an admin token).
+    Tasks {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One task's status; `--follow` streams its events until it ends.
+    Task {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    match &args.command {
+        CtlCommand::Plugins => {
+            let plugins = admin(&args)
+                .await?
+                .list_plugins(ListPluginsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .plugins;
+            if args.json {
+                print_json(&json!(plugins.iter().map(plugin_json).collect::<Vec<_>>()))
+            } else {
+                print_plugins(&plugins)
+            }
+        }
+        CtlCommand::Start { plugin }
+        | CtlCommand::Stop { plugin }
+        | CtlCommand::Restart { plugin } => {
+            let mut client = admin(&args).await?;
+            let reference = PluginRef {
+                plugin: plugin.clone(),
+            };
+            let status = match &args.command {
+                CtlCommand::Start { .. } => client.start_plugin(reference).await,
+                CtlCommand::Stop { .. } => client.stop_plugin(reference).await,
+                _ => client.restart_plugin(reference).await,
+            }
+            .map_err(status_error)?
+            .into_inner();
+            if args.json {
+                print_json(&plugin_json(&status))
+            } else {
+                print_plugins(std::slice::from_ref(&status))
+            }
+        }
+        CtlCommand::Logs {
+            plugin,
+            follow,
+            lines,
+        } => {
+            let mut stream = admin(&args)
+                .await?
+                .follow_logs(FollowLogsRequest {
+                    plugin: plugin.clone(),
+                    tail: *lines,
+                    follow: *follow,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(line) = stream.message().await.map_err(status_error)? {
+                let written = if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"plugin": line.plugin, "stream": line.stream, "pid": line.pid,
+                               "timestampMs": line.timestamp_ms, "text": line.text})
+                    )
+                } else {
+                    writeln!(out, "[{} {}] {}", line.pid, line.stream, line.text)
+                };
+                // A closed pipe (`| head`) ends the command quietly.
+                if written.and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+        CtlCommand::Tasks { limit } => {
+            let url = format!(
+                "{}/admin/tasks/?limit={limit}",
+                args.gateway.trim_end_matches('/')
+            );
+            let body = get_json(&args, &url).await?;
+            if args.json {
+                return print_json(&body["tasks"]);
+            }
+            let mut rows = vec![
+                ["TASK", "PLUGIN", "STATUS", "CREATED"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for task in body["tasks"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    text(&task["id"]),
+                    text(&task["plugin"]),
+                    text(&task["status"]),
+                    age(task["createdAt"].as_i64()),
+                ]);
+            }
+            print_table(&rows)
+        }
+        CtlCommand::Task { id, follow } => {
+            let task_url = format!("{}/tasks/{id}/", args.gateway.trim_end_matches('/'));
+            if *follow {
+                return follow_task(&args, &task_url).await;
+            }
+            let body = get_json(&args, &task_url).await?;
+            if args.json {
+                return print_json(&body);
+            }
+            println!("status: {}", text(&body["status"]));
+            if let Some(progress) = body.get("progress") {
+                println!(
+                    "progress: {} of {} {}",
+                    progress["value"],
+                    progress["target"],
+                    text(&progress["unit"])
+                );
+            }
+            for step in body["steps"].as_array().into_iter().flatten() {
+                let state = if step["cleared"] == true {
+                    "done"
+                } else {
+                    "waiting"
+                };
+                println!(
+                    "step: {} ({state}) {}",
+                    text(&step["stepId"]),
+                    text(&step["uiHref"])
+                );
+            }
+            for output in body["outputs"].as_array().into_iter().flatten() {
+                println!(
+                    "output: {} {}",
+                    text(&output["name"]),
+                    text(&output["href"])
+                );
+            }
+            let log = text(&body["log"]);
+            if !log.is_empty() {
+                println!("log:\n{log}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn admin(args: &CtlArgs) -> anyhow::Result<AdminClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(args.supervisor.clone())
+        .with_context(|| format!("invalid supervisor URL `{}`", args.supervisor))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|error| {
+        anyhow!(
+            "cannot reach the supervisor at {}: {}",
+            args.supervisor,
+            root_cause(&error)
+        )
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", status.message())
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("failed to set up the HTTP client")
+}
+
+async fn get_json(args: &CtlArgs, url: &str) -> anyhow::Result<Value> {
+    let mut request = http_client()?.get(url);
+    if let Some(token) = &args.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|error| {
+        anyhow!(
+            "cannot reach the gateway at {}: {}",
+            args.gateway,
+            root_cause(&error)
+        )
+    })?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| status.to_string());
+        if status.as_u16() == 401 || status.as_u16() == 403 {
+            bail!(
+                "the gateway refused the request ({}): {message}",
+                status.as_u16()
+            );
+        }
+        bail!("{message}");
+    }
+    Ok(body)
+}
+
+/// Streams a task's events (SSE) until it ends.
+async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
+    let mut request = http_client()?.get(format!("{task_url}events"));
+    if let Some(token) = &args.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|error| {
+        anyhow!(
+            "cannot reach the gateway at {}: {}",
+            args.gateway,
+            root_cause(&error)
+        )
+    })?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        bail!("{}", body["message"].as_str().unwrap_or(status.as_str()));
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut final_status = None;
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(&String::from_utf8_lossy(
+            &chunk.context("the event stream broke")?,
+        ));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut name, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    name = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            if args.json {
+                println!("{}", json!({"event": name, "data": data}));
+            } else {
+                match name.as_str() {
+                    "snapshot" => println!("status: {}", text(&data["status"])),
+                    "log" => println!("log: {}", text(&data["text"])),
+                    "progress" => println!(
+                        "progress: {} of {} {}",
+                        data["value"],
+                        data["target"],
+                        text(&data["unit"])
+                    ),
+                    "step" => println!(
+                        "step: {} waits for input at {}",
+                        text(&data["stepId"]),
+                        text(&data["uiHref"])
+                    ),
+                    "output" => println!("output: {} {}", text(&data["name"]), text(&data["href"])),
+                    "status" => println!("status: {}", text(&data["status"])),
+                    _ => {}
+                }
+            }
+            if name == "status" || (name == "snapshot" && data["status"] != "PENDING") {
+                final_status = data["status"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    match final_status.as_deref() {
+        Some("SUCCESS") => Ok(()),
+        Some(status) => bail!("the task ended {status}"),
+        None => bail!("the event stream ended before the task did"),
+    }
+}
+
+fn plugin_json(status: &PluginStatus) -> Value {
+    json!({
+        "plugin": status.plugin,
+        "identifier": status.identifier,
+        "state": state_name(status.state),
+        "pid": status.pid,
+        "endpoint": status.endpoint,
+        "restarts": status.restarts,
+        "uptimeMs": status.uptime_ms,
+        "lastExitReason": status.last_exit_reason,
+        "error": status.error,
+    })
+}
+
+fn state_name(state: i32) -> String {
+    PluginState::try_from(state)
+        .map(|state| {
+            state
+                .as_str_name()
+                .trim_start_matches("PLUGIN_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn print_plugins(plugins: &[PluginStatus]) -> anyhow::Result<()> {
+    let mut rows = vec![
+        [
+            "PLUGIN",
+            "IDENTIFIER",
+            "STATE",
+            "PID",
+            "RESTARTS",
+            "UPTIME",
+            "LAST EXIT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for plugin in plugins {
+        let last_exit = if plugin.error.is_empty() {
+            plugin.last_exit_reason.clone()
+        } else {
+            plugin.error.clone()
+        };
+        rows.push(vec![
+            plugin.plugin.clone(),
+            dash(&plugin.identifier),
+            state_name(plugin.state),
+            if plugin.pid == 0 {
+                "-".into()
+            } else {
+                plugin.pid.to_string()
+            },
+            plugin.restarts.to_string(),
+            if plugin.uptime_ms == 0 {
+                "-".into()
+            } else {
+                humantime::format_duration(Duration::from_secs(plugin.uptime_ms / 1000)).to_string()
+            },
+            dash(&last_exit),
+        ]);
+    }
+    print_table(&rows)
+}
+
+fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map(str::to_owned).unwrap_or_default()
+}
+
+fn dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn age(millis: Option<i64>) -> String {
+    let Some(millis) = millis else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_millis() as i64)
+        .unwrap_or_default();
+    let seconds = u64::try_from((now - millis) / 1000).unwrap_or(0);
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(seconds))
+    )
+}

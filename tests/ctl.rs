@@ -1,0 +1,291 @@
+//! `corral ctl` against a running `corral serve`, including its error cases.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+    time::SystemTime,
+};
+
+use common::serve::{Corral, Db, TestDatabase, plugins};
+use serde_json::{Value, json};
+
+const SECRET: &str = "ctl-test-secret-long-enough-for-hs256";
+
+struct Ctl {
+    supervisor: String,
+    gateway: String,
+}
+
+impl Ctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
+            .args([
+                "ctl",
+                "--supervisor",
+                &self.supervisor,
+                "--gateway",
+                &self.gateway,
+            ])
+            .args(args)
+            .env_remove("CORRAL_TOKEN");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs and expects failure with one line on stderr; returns that line.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert_eq!(output.status.code(), Some(1), "ctl {args:?} should fail");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        stderr.trim_end().to_owned()
+    }
+
+    fn plugin(&self, name: &str) -> Value {
+        let plugins: Value = serde_json::from_str(&self.ok(&["--json", "plugins"])).unwrap();
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|plugin| plugin["plugin"] == name)
+            .unwrap()
+            .clone()
+    }
+}
+
+async fn start() -> (TestDatabase, Corral, Ctl) {
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve_with(&database, &[&plugins()], &["--jwt-secret", SECRET]);
+    corral
+        .wait_for_plugins(&["hello-world@v0-2-1", "hello-world-multi-step@v0-2-1"])
+        .await;
+    let ctl = Ctl {
+        supervisor: format!("http://{}", corral.grpc.as_ref().unwrap()),
+        gateway: corral.http.clone(),
+    };
+    (database, corral, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_listed_restarted_stopped_and_started() {
+    let (_database, _corral, ctl) = start().await;
+    let table = ctl.ok(&["plugins"]);
+    let header = table.lines().next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "PLUGIN",
+            "IDENTIFIER",
+            "STATE",
+            "PID",
+            "RESTARTS",
+            "UPTIME",
+            "LAST",
+            "EXIT"
+        ]
+    );
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("hello-world "))
+        .unwrap();
+    assert!(
+        row.contains("hello-world@v0-2-1") && row.contains("ready"),
+        "{row}"
+    );
+
+    let before = ctl.plugin("hello-world");
+    assert_eq!(before["state"], "ready");
+    let restarted: Value =
+        serde_json::from_str(&ctl.ok(&["--json", "restart", "hello-world"])).unwrap();
+    assert_ne!(restarted["pid"], before["pid"]);
+    assert_eq!(restarted["restarts"], 1);
+    assert_eq!(
+        restarted["lastExitReason"],
+        "restarted by operator (exited with code 0)"
+    );
+
+    let stopped = ctl.ok(&["stop", "hello-world"]);
+    assert!(stopped.contains("stopped"), "{stopped}");
+    assert_eq!(ctl.plugin("hello-world")["pid"], 0);
+    let started: Value =
+        serde_json::from_str(&ctl.ok(&["--json", "start", "hello-world"])).unwrap();
+    assert_eq!(started["state"], "starting");
+
+    let logs = ctl.ok(&["logs", "hello-world", "-n", "50"]);
+    assert!(
+        logs.contains("] hello-world@v0-2-1 serving gRPC on 127.0.0.1:"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("] hello-world@v0-2-1 shutting down"),
+        "{logs}"
+    );
+
+    assert_eq!(
+        ctl.fails(&["restart", "no-such-plugin"]),
+        "corral: no plugin named `no-such-plugin`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_shows_new_lines() {
+    let (_database, _corral, ctl) = start().await;
+    let mut follower = ctl
+        .command(&["logs", "hello-world", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The last past line arrives first: the follower is connected.
+    let first = lines.recv_timeout(common::DEADLINE).unwrap();
+    assert!(first.contains("hello-world@v0-2-1 serving gRPC"), "{first}");
+    let restarted: Value =
+        serde_json::from_str(&ctl.ok(&["--json", "restart", "hello-world"])).unwrap();
+    let pid = restarted["pid"].as_u64().unwrap().to_string();
+    let seen = std::iter::from_fn(|| lines.recv_timeout(common::DEADLINE).ok())
+        .find(|line| line.starts_with(&format!("[{pid} stdout]")) && line.contains("serving gRPC"));
+    assert!(seen.is_some());
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_and_a_task_followed_to_its_end() {
+    let (_database, corral, ctl) = start().await;
+    let task_url = corral
+        .submit("hello-world@v0-2-1", &[("inputStr", "my input")])
+        .await;
+    corral.finished(&task_url).await;
+    let task_id = task_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let shown = ctl.ok(&["task", &task_id]);
+    assert!(shown.starts_with("status: SUCCESS\n"), "{shown}");
+    assert!(shown.contains("output: out.txt http://"), "{shown}");
+    assert!(shown.contains("log:\nresult: 'my output'"), "{shown}");
+    assert_eq!(
+        ctl.fails(&["task", "00000000000000000000000000000000"]),
+        "corral: Task not found."
+    );
+
+    // Listing tasks needs an admin token.
+    let refused = ctl.fails(&["tasks"]);
+    assert_eq!(
+        refused,
+        "corral: the gateway refused the request (401): A bearer token is required."
+    );
+    let exp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"exp": exp, "roles": ["admin"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let listed = ctl.ok(&["--token", &token, "tasks"]);
+    assert!(
+        listed.lines().next().unwrap().starts_with("TASK"),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with(&task_id) && line.contains("SUCCESS")),
+        "{listed}"
+    );
+    let listed: Value =
+        serde_json::from_str(&ctl.ok(&["--token", &token, "--json", "tasks"])).unwrap();
+    assert_eq!(listed[0]["id"], task_id);
+    assert_eq!(listed[0]["plugin"], "hello-world@v0-2-1");
+
+    // --follow streams a multi-step task until it ends.
+    let task_url = corral
+        .submit("hello-world-multi-step@v0-2-1", &[("inputStr", "followed")])
+        .await;
+    let task_id = task_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let follower = ctl
+        .command(&["task", &task_id, "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    corral.wait_for_step(&task_url).await;
+    let (_, status) = corral.get_json(&task_url).await;
+    let (code, _, _) = corral
+        .post_form(
+            status["steps"][0]["href"].as_str().unwrap(),
+            &[("inputStr", "second")],
+        )
+        .await;
+    assert_eq!(code, 303);
+    let output = tokio::task::spawn_blocking(move || follower.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let last = printed.lines().last().unwrap();
+    assert_eq!(last, "status: SUCCESS", "{printed}");
+    assert!(
+        printed
+            .lines()
+            .filter(|line| line.starts_with("output: output"))
+            .count()
+            == 2,
+        "{printed}"
+    );
+}
+
+#[test]
+fn servers_that_are_down_give_one_clear_line() {
+    let ctl = Ctl {
+        supervisor: "http://127.0.0.1:9".into(),
+        gateway: "http://127.0.0.1:9".into(),
+    };
+    let line = ctl.fails(&["plugins"]);
+    assert!(
+        line.starts_with("corral: cannot reach the supervisor at http://127.0.0.1:9"),
+        "{line}"
+    );
+    let line = ctl.fails(&["task", "00000000000000000000000000000000"]);
+    assert!(
+        line.starts_with("corral: cannot reach the gateway at http://127.0.0.1:9"),
+        "{line}"
+    );
+}
