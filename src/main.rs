@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use corral_gateway::{AuthConfig, GatewayConfig, RunningGateway};
 use corral_supervisor::{RunningSupervisor, Shutdown, SupervisorConfig};
+use tokio_util::sync::CancellationToken;
 
 /// A plugin runner: every plugin its own supervised process, reached over gRPC.
 #[derive(Debug, Parser)]
@@ -103,6 +104,10 @@ struct GatewayOptions {
     /// The largest output file a plugin may write, in bytes (larger: the task fails).
     #[arg(long, env = "CORRAL_MAX_OUTPUT_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
     max_output_bytes: u64,
+    /// How long running tasks may take to finish after SIGTERM or Ctrl-C (then they
+    /// end FAILURE); a second signal ends them at once.
+    #[arg(long, env = "CORRAL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: std::time::Duration,
     /// The token role (`roles` claim) that may start, stop and restart plugins.
     #[arg(long, env = "CORRAL_ADMIN_ROLE", default_value = "admin")]
     admin_role: String,
@@ -213,7 +218,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     tokio::spawn(forward_signals(shutdown.clone()));
     running
-        .serve(shutdown.graceful)
+        .serve(
+            shutdown.graceful,
+            shutdown.immediate,
+            args.gateway.shutdown_grace,
+        )
         .await
         .context("gateway stopped with an error")
 }
@@ -238,17 +247,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "corral gateway: HTTP listening on http://{}",
         gateway.local_addr()?
     );
-    let shutdown = Shutdown::default();
-    tokio::spawn(forward_signals(shutdown.clone()));
-    let supervisor = tokio::spawn(supervisor.serve(shutdown.clone()));
-    gateway
-        .serve(shutdown.graceful.clone())
+    // The gateway stops first (its tasks need their plugins), then the supervisor.
+    let signals = Shutdown::default();
+    tokio::spawn(forward_signals(signals.clone()));
+    let supervisor_shutdown = Shutdown {
+        graceful: CancellationToken::new(),
+        immediate: signals.immediate.clone(),
+    };
+    let supervisor = tokio::spawn(supervisor.serve(supervisor_shutdown.clone()));
+    let served = gateway
+        .serve(
+            signals.graceful.clone(),
+            signals.immediate.clone(),
+            args.gateway.shutdown_grace,
+        )
         .await
-        .context("gateway stopped with an error")?;
-    supervisor
+        .context("gateway stopped with an error");
+    supervisor_shutdown.graceful.cancel();
+    let supervised = supervisor
         .await
         .context("supervisor task failed")?
-        .context("supervisor stopped with an error")
+        .context("supervisor stopped with an error");
+    served.and(supervised)
 }
 
 async fn supervisor(args: SupervisorArgs) -> anyhow::Result<()> {

@@ -100,6 +100,7 @@ impl RunningGateway {
             live: LiveEvents::default(),
             webhooks: Webhooks::start(store.clone()),
             running: Default::default(),
+            ended: Default::default(),
             max_output_bytes: config.max_output_bytes,
             shutdown: shutdown.clone(),
         };
@@ -134,24 +135,41 @@ impl RunningGateway {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` is cancelled. Running tasks are left `PENDING` at once
-    /// (the next start resumes or ends them), event streams end, and open
-    /// connections get a few seconds to finish.
-    pub async fn serve(self, stop: CancellationToken) -> Result<(), GatewayError> {
+    /// Serves until `stop` is cancelled; then takes no new connection, lets
+    /// running tasks finish within `grace` (less if `immediate` is cancelled),
+    /// ends the rest `FAILURE` with the reason, ends the event streams, and gives
+    /// open connections a few seconds to finish.
+    pub async fn serve(
+        self,
+        stop: CancellationToken,
+        immediate: CancellationToken,
+        grace: std::time::Duration,
+    ) -> Result<(), GatewayError> {
+        let runner = self.state.runner.clone();
         let router = routes::router(self.state);
+        // Stop taking connections at once; meanwhile running tasks get their grace,
+        // then event streams end (which lets their connections close).
         let shutdown = self.shutdown.clone();
         let stopping = stop.clone();
+        let wind_down = tokio::spawn(async move {
+            stopping.cancelled().await;
+            runner.wind_down(grace, &immediate).await;
+            shutdown.cancel();
+        });
         let served = axum::serve(self.listener, router.into_make_service())
-            .with_graceful_shutdown(async move {
-                stopping.cancelled().await;
-                shutdown.cancel();
-            })
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future();
         tokio::pin!(served);
         let served = tokio::select! {
             served = &mut served => served,
-            () = async { stop.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
+            () = async { stop.cancelled().await; tokio::time::sleep(grace + DRAIN).await } => Ok(()),
         };
+        // The plugins (stopped after this returns) are needed until every task ended.
+        // (A server that failed on its own winds down the same way.)
+        stop.cancel();
+        if let Err(error) = wind_down.await {
+            tracing::error!(%error, "shutdown of running tasks failed");
+        }
         self.shutdown.cancel();
         served.map_err(|source| GatewayError::Io {
             what: "the HTTP server failed".into(),

@@ -50,8 +50,11 @@ pub(crate) struct Runner {
     pub(crate) directory: Directory,
     pub(crate) live: LiveEvents,
     pub(crate) webhooks: Webhooks,
-    /// Running tasks: ending one from outside (a failed step) stops its runner.
-    pub(crate) running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Running tasks: ending one from outside (a failed step, shutdown) stops its
+    /// runner. The base URL is for the links of a failure ended from outside.
+    pub(crate) running: Arc<Mutex<HashMap<String, (CancellationToken, BaseUrl)>>>,
+    /// Woken each time a runner ends.
+    pub(crate) ended: Arc<tokio::sync::Notify>,
     /// The largest output file.
     pub(crate) max_output_bytes: u64,
     pub(crate) shutdown: CancellationToken,
@@ -75,7 +78,7 @@ impl Runner {
         let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
         let cancel = CancellationToken::new();
         self.lock_running()
-            .insert(job.task_id.clone(), cancel.clone());
+            .insert(job.task_id.clone(), (cancel.clone(), job.base.clone()));
         let task = async move {
             if let Err(error) = runner.run(&job, &cancel).await {
                 tracing::error!(task = %job.task_id, %error, "task runner failed");
@@ -85,11 +88,49 @@ impl Runner {
                     .await;
             }
             runner.lock_running().remove(&job.task_id);
+            runner.ended.notify_waiters();
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    /// Shutdown: lets running tasks finish within `grace` (or until `immediate`),
+    /// then ends the rest `FAILURE` with the reason.
+    pub(crate) async fn wind_down(&self, grace: Duration, immediate: &CancellationToken) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let running = self.lock_running().len();
+            if running == 0 {
+                return;
+            }
+            tracing::info!(tasks = running, "waiting for running tasks to finish");
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep_until(deadline) => break,
+                () = immediate.cancelled() => break,
+            }
+        }
+        let remaining: Vec<(String, BaseUrl)> = self
+            .lock_running()
+            .iter()
+            .map(|(task_id, (_, base))| (task_id.clone(), base.clone()))
+            .collect();
+        for (task_id, base) in remaining {
+            let reason = "the gateway shut down before the task finished";
+            if let Err(error) = self
+                .finish(&task_id, TaskStatus::Failure, Some(reason), &base)
+                .await
+            {
+                tracing::error!(task = %task_id, %error, "failed to end a task at shutdown");
+            }
+        }
+    }
+
+    fn lock_running(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, BaseUrl)>> {
         self.running
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -452,7 +493,7 @@ impl Runner {
             return Ok(());
         }
         // A runner still streaming this task (it was ended from outside) stops.
-        if let Some(cancel) = self.lock_running().get(task_id) {
+        if let Some((cancel, _)) = self.lock_running().get(task_id) {
             cancel.cancel();
         }
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");

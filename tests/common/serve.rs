@@ -311,6 +311,29 @@ impl Corral {
     }
 }
 
+impl Corral {
+    /// Sends SIGTERM and waits (servicing this runtime) for the exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        super::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        self.exited().await
+    }
+
+    /// Waits (servicing this runtime) for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corral did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Drop for Corral {
     fn drop(&mut self) {
         let _ = self.child.kill();
