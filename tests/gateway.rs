@@ -816,3 +816,92 @@ async fn api_spec_describes_every_route_and_its_viewer_is_local() {
     assert_eq!(script.headers()["content-type"], "text/javascript");
     assert!(script.bytes().await.unwrap().len() > 100_000);
 }
+
+/// Parses the Prometheus text format strictly enough to catch a broken page:
+/// every sample line is `name{labels} value` with a number.
+fn metric_samples(text: &str) -> std::collections::HashMap<String, f64> {
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    let mut samples = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        assert!(
+            series[..name_end]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels: {line}");
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_move_when_a_task_runs_and_a_plugin_restarts() {
+    let (_database, corral) = start(Db::Sqlite).await;
+    let scrape = || async {
+        let response = corral
+            .client
+            .get(corral.url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        metric_samples(&response.text().await.unwrap())
+    };
+    let before = scrape().await;
+    let succeeded = format!("corral_tasks_total{{plugin=\"{HELLO}\",status=\"SUCCESS\"}}");
+    assert_eq!(before.get(&succeeded), None);
+    assert_eq!(
+        before["corral_plugin_state{plugin=\"hello-world\",state=\"ready\"}"],
+        1.0
+    );
+    assert_eq!(
+        before["corral_plugin_restarts{plugin=\"hello-world\"}"],
+        0.0
+    );
+    assert_eq!(before["corral_tasks_in_flight"], 0.0);
+
+    let task_url = corral.submit(HELLO, &[("inputStr", "measured")]).await;
+    corral.finished(&task_url).await;
+    let after = scrape().await;
+    assert_eq!(after[&succeeded], 1.0);
+    let count = format!("corral_task_duration_seconds_count{{plugin=\"{HELLO}\"}}");
+    assert_eq!(after[&count], 1.0);
+    let invoked = format!("corral_invoke_latency_seconds_count{{plugin=\"{HELLO}\"}}");
+    assert_eq!(after[&invoked], 1.0);
+
+    let mut admin = corral_proto::supervisor::v1::admin_client::AdminClient::connect(format!(
+        "http://{}",
+        corral.grpc.as_ref().unwrap()
+    ))
+    .await
+    .unwrap();
+    admin
+        .restart_plugin(corral_proto::supervisor::v1::PluginRef {
+            plugin: "hello-world".into(),
+        })
+        .await
+        .unwrap();
+    // The gateway learns of the restart from the supervisor's stream.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        let samples = scrape().await;
+        if samples.get("corral_plugin_restarts{plugin=\"hello-world\"}") == Some(&1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "restart not counted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -44,6 +44,19 @@ pub struct PluginTable {
     not_ready: HashMap<String, String>,
     /// Why each plugin folder's last process ended.
     exit_reasons: HashMap<String, String>,
+    /// Every plugin the supervisor knows, ready or not.
+    all: Vec<PluginSummary>,
+}
+
+/// A plugin as the supervisor last reported it.
+#[derive(Debug, Clone)]
+pub struct PluginSummary {
+    /// The plugin folder.
+    pub folder: String,
+    /// `ready`, `backoff`, … (see [`state_name`]).
+    pub state: String,
+    /// Starts after the first one.
+    pub restarts: u32,
 }
 
 impl PluginTable {
@@ -62,6 +75,11 @@ impl PluginTable {
                 .then_with(|| compare_versions(&a.metadata.version, &b.metadata.version))
         });
         plugins
+    }
+
+    /// Every plugin the supervisor knows, sorted by folder.
+    pub fn all(&self) -> &[PluginSummary] {
+        &self.all
     }
 
     /// Why the last process of a plugin folder ended, as the supervisor said.
@@ -177,7 +195,19 @@ fn build_table(
     statuses: &HashMap<String, PluginStatus>,
     channels: &mut HashMap<String, Channel>,
 ) -> PluginTable {
-    let mut table = PluginTable::default();
+    let mut all: Vec<PluginSummary> = statuses
+        .values()
+        .map(|status| PluginSummary {
+            folder: status.plugin.clone(),
+            state: state_name(status.state),
+            restarts: status.restarts,
+        })
+        .collect();
+    all.sort_by(|a, b| a.folder.cmp(&b.folder));
+    let mut table = PluginTable {
+        all,
+        ..PluginTable::default()
+    };
     for status in statuses.values() {
         if !status.last_exit_reason.is_empty() {
             table

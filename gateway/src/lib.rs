@@ -14,6 +14,7 @@ pub mod files;
 mod forms;
 mod ids;
 mod live;
+mod metrics;
 mod openapi;
 mod routes;
 mod runner;
@@ -101,6 +102,7 @@ impl RunningGateway {
             webhooks: Webhooks::start(store.clone()),
             running: Default::default(),
             ended: Default::default(),
+            metrics: Default::default(),
             max_output_bytes: config.max_output_bytes,
             shutdown: shutdown.clone(),
         };

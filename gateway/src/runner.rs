@@ -55,6 +55,7 @@ pub(crate) struct Runner {
     pub(crate) running: Arc<Mutex<HashMap<String, (CancellationToken, BaseUrl)>>>,
     /// Woken each time a runner ends.
     pub(crate) ended: Arc<tokio::sync::Notify>,
+    pub(crate) metrics: crate::metrics::Metrics,
     /// The largest output file.
     pub(crate) max_output_bytes: u64,
     pub(crate) shutdown: CancellationToken,
@@ -80,6 +81,7 @@ impl Runner {
         self.lock_running()
             .insert(job.task_id.clone(), (cancel.clone(), job.base.clone()));
         let task = async move {
+            runner.metrics.task_started();
             if let Err(error) = runner.run(&job, &cancel).await {
                 tracing::error!(task = %job.task_id, %error, "task runner failed");
                 let reason = "the gateway could not record the task's progress";
@@ -88,6 +90,7 @@ impl Runner {
                     .await;
             }
             runner.lock_running().remove(&job.task_id);
+            runner.metrics.task_ended();
             runner.ended.notify_waiters();
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
@@ -232,8 +235,13 @@ impl Runner {
             task_id: task_id.to_owned(),
             inputs: inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
+        let invoked = std::time::Instant::now();
         let mut stream = match client.invoke(request).await {
-            Ok(response) => response.into_inner(),
+            Ok(response) => {
+                self.metrics
+                    .invoked(&live.identifier, invoked.elapsed().as_secs_f64());
+                response.into_inner()
+            }
             Err(status) => return Ok(self.broken(live, status).await),
         };
         let mut open_output: Option<OpenOutput> = None;
@@ -489,9 +497,12 @@ impl Runner {
         reason: Option<&str>,
         base: &BaseUrl,
     ) -> Result<(), StoreError> {
-        if !self.store.finish(task_id, status, reason).await? {
+        let Some(record) = self.store.finish(task_id, status, reason).await? else {
             return Ok(());
-        }
+        };
+        let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
+        self.metrics
+            .task_finished(&record.plugin, status.as_str(), seconds);
         // A runner still streaming this task (it was ended from outside) stops.
         if let Some((cancel, _)) = self.lock_running().get(task_id) {
             cancel.cancel();

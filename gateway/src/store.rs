@@ -134,6 +134,17 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
 }
 
+/// A task this call ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The plugin identifier.
+    pub plugin: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub finished_at: i64,
+}
+
 /// One line of a task listing.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -430,27 +441,37 @@ impl Store {
     }
 
     /// Ends a task: its status and, for a failure, the reason appended to its log.
-    /// A task that already ended is left as it is; returns whether this call ended it.
+    /// A task that already ended is left as it is; returns the task when this call
+    /// ended it.
     pub async fn finish(
         &self,
         id: &str,
         status: TaskStatus,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Finished>, StoreError> {
         let now = now_millis();
-        let result = sqlx::query(
+        let row = sqlx::query(
             "UPDATE tasks SET status = $2, \
              log = CASE WHEN $3 = '' THEN log WHEN log = '' THEN $3 ELSE log || $4 END, \
-             updated_at = $5, finished_at = $5 WHERE id = $1 AND status = 'PENDING'",
+             updated_at = $5, finished_at = $5 WHERE id = $1 AND status = 'PENDING' \
+             RETURNING plugin, created_at",
         )
         .bind(id)
         .bind(status.as_str())
         .bind(reason.unwrap_or(""))
         .bind(format!("\n{}", reason.unwrap_or("")))
         .bind(now)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(result.rows_affected() > 0)
+        row.map(|row| {
+            Ok(Finished {
+                plugin: row.try_get("plugin")?,
+                created_at: row.try_get("created_at")?,
+                finished_at: now,
+            })
+        })
+        .transpose()
+        .map_err(|error: sqlx::Error| StoreError::from(error))
     }
 
     /// Id, plugin and base URL of the tasks that have not ended, oldest first.

@@ -52,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/tasks/{task}/events", get(tasks::events))
         .route("/tasks/{task}/events/", get(tasks::events))
         .route("/files/{file}/", get(files::download))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/api-spec.json", get(openapi::spec))
         .route("/api-docs/", get(openapi::viewer))
         .route(

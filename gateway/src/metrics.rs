@@ -1,0 +1,175 @@
+//! `/metrics` in the Prometheus text format: plugin states and restarts (from
+//! the supervisor's stream), tasks by status, task duration, invoke latency,
+//! tasks in flight.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{error::ApiError, state::AppState};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginStateLabels {
+    plugin: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    plugin: String,
+    status: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms to about 9 hours.
+    Histogram::new(exponential_buckets(0.001, 2.5, 16))
+}
+
+/// The gateway's metrics; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    registry: Arc<Registry>,
+    tasks: Family<TaskLabels, Counter>,
+    in_flight: Gauge,
+    task_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    invoke_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    plugin_state: Family<PluginStateLabels, Gauge>,
+    plugin_restarts: Family<PluginLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let tasks = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "corral_tasks",
+            "Tasks that ended, by plugin and status",
+            tasks.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "corral_tasks_in_flight",
+            "Tasks being run now",
+            in_flight.clone(),
+        );
+        let task_seconds: Family<PluginLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(seconds_histogram);
+        registry.register(
+            "corral_task_duration_seconds",
+            "Time from a task's start to its end",
+            task_seconds.clone(),
+        );
+        let invoke_seconds: Family<PluginLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(seconds_histogram);
+        registry.register(
+            "corral_invoke_latency_seconds",
+            "Time from invoking a plugin to its answer with the event stream",
+            invoke_seconds.clone(),
+        );
+        let plugin_state = Family::<PluginStateLabels, Gauge>::default();
+        registry.register(
+            "corral_plugin_state",
+            "1 for the state each plugin is in",
+            plugin_state.clone(),
+        );
+        let plugin_restarts = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "corral_plugin_restarts",
+            "How many times the supervisor started each plugin again",
+            plugin_restarts.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            tasks,
+            in_flight,
+            task_seconds,
+            invoke_seconds,
+            plugin_state,
+            plugin_restarts,
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn task_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub(crate) fn task_ended(&self) {
+        self.in_flight.dec();
+    }
+
+    pub(crate) fn task_finished(&self, plugin: &str, status: &str, seconds: f64) {
+        self.tasks
+            .get_or_create(&TaskLabels {
+                plugin: plugin.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+        self.task_seconds
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_owned(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    pub(crate) fn invoked(&self, plugin: &str, seconds: f64) {
+        self.invoke_seconds
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let metrics = &state.runner.metrics;
+    metrics.plugin_state.clear();
+    metrics.plugin_restarts.clear();
+    for plugin in state.directory.snapshot().all() {
+        metrics
+            .plugin_state
+            .get_or_create(&PluginStateLabels {
+                plugin: plugin.folder.clone(),
+                state: plugin.state.clone(),
+            })
+            .set(1);
+        metrics
+            .plugin_restarts
+            .get_or_create(&PluginLabels {
+                plugin: plugin.folder.clone(),
+            })
+            .set(i64::from(plugin.restarts));
+    }
+    let mut body = String::with_capacity(4096);
+    prometheus_client::encoding::text::encode(&mut body, &metrics.registry)
+        .map_err(|error| ApiError::Internal(Box::new(error)))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
