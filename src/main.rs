@@ -1,11 +1,12 @@
 //! `corral`: the one binary. Each subcommand is an entry point.
 
+mod config;
 mod ctl;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use corral_gateway::{AuthConfig, GatewayConfig, RunningGateway};
 use corral_supervisor::{RunningSupervisor, Shutdown, SupervisorConfig};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about, propagate_version = true)]
 struct Cli {
+    /// A TOML file of settings (keys are the flags' names: `http`, `database_url`,
+    /// `plugin_folders`, …). Flags and environment variables override it.
+    #[arg(long, global = true, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
     /// Log line format.
     #[arg(long, global = true, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -128,6 +133,14 @@ impl GatewayOptions {
                 self.data_dir.join("corral.db").display()
             ),
         };
+        let supported = ["postgres://", "postgresql://", "sqlite:"];
+        if !supported
+            .iter()
+            .any(|scheme| database_url.starts_with(scheme))
+        {
+            let shown: String = database_url.chars().take(40).collect();
+            anyhow::bail!("unsupported database URL `{shown}`: expected postgres://… or sqlite:…");
+        }
         let mut config = GatewayConfig::new(
             self.http,
             supervisor_url,
@@ -171,7 +184,18 @@ struct SupervisorArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match config::apply(Cli::command(), &args) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("corral: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::from_arg_matches(&command.get_matches_from(args)) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let default_level = if matches!(cli.command, Command::Ctl(_)) {
         "warn"
     } else {

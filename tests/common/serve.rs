@@ -163,6 +163,11 @@ impl Corral {
         Self::start(command)
     }
 
+    /// Runs a prepared `corral` command that prints the gateway's address.
+    pub fn start_command(command: Command) -> Self {
+        Self::start(command)
+    }
+
     fn start(mut command: Command) -> Self {
         let mut child = command
             .env("RUST_LOG", "info,corral_gateway=debug")
