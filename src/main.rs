@@ -181,6 +181,10 @@ struct SupervisorArgs {
         default_value = "./plugins"
     )]
     plugin_folders: Vec<PathBuf>,
+    /// The host name a gateway on another machine reaches the plugins by (e.g. a
+    /// container's service name); plugins then listen on every interface.
+    #[arg(long, env = "CORRAL_PLUGIN_HOST")]
+    plugin_host: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -257,6 +261,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let supervisor_config = SupervisorConfig {
         grpc: args.supervisor.grpc,
         plugin_folders: args.supervisor.plugin_folders,
+        plugin_host: args.supervisor.plugin_host,
     };
     let supervisor = RunningSupervisor::start(&supervisor_config)
         .await
@@ -299,6 +304,7 @@ async fn supervisor(args: SupervisorArgs) -> anyhow::Result<()> {
     let config = SupervisorConfig {
         grpc: args.grpc,
         plugin_folders: args.plugin_folders,
+        plugin_host: args.plugin_host,
     };
     let running = RunningSupervisor::start(&config)
         .await

@@ -138,7 +138,7 @@ def main():
     port = server.add_insecure_port(os.environ.get("CORRAL_PLUGIN_LISTEN", "127.0.0.1:0"))
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    address = f"127.0.0.1:{port}"
+    address = f"{os.environ.get('CORRAL_PLUGIN_HOST', '127.0.0.1')}:{port}"
     print(f"csv-visualization@v0-1-0 serving gRPC on {address}", flush=True)
 
     registry = os.environ.get("CORRAL_REGISTRY")

@@ -84,7 +84,13 @@ pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
     println!("{} serving gRPC on {address}", metadata.identifier());
 
     if let Ok(registry) = std::env::var("CORRAL_REGISTRY") {
-        register(&registry, address, &metadata).await?;
+        // Behind a supervisor in another container the plugin listens on every
+        // interface and is reached by the host name the supervisor was given.
+        let advertised = match std::env::var("CORRAL_PLUGIN_HOST") {
+            Ok(host) => format!("{host}:{}", address.port()),
+            Err(_) => address.to_string(),
+        };
+        register(&registry, &advertised, &metadata).await?;
     }
 
     wait_for_signal().await?;
@@ -103,7 +109,7 @@ pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
     }
 }
 
-async fn register(registry: &str, address: SocketAddr, metadata: &Metadata) -> Result<(), Error> {
+async fn register(registry: &str, address: &str, metadata: &Metadata) -> Result<(), Error> {
     let token = std::env::var("CORRAL_PLUGIN_TOKEN").map_err(|_| {
         Error::Environment("CORRAL_REGISTRY is set but CORRAL_PLUGIN_TOKEN is not".into())
     })?;
@@ -111,7 +117,7 @@ async fn register(registry: &str, address: SocketAddr, metadata: &Metadata) -> R
     let mut request = Request::new(RegisterRequest {
         token,
         protocol_version: corral_proto::PROTOCOL_VERSION,
-        address: address.to_string(),
+        address: address.to_owned(),
         metadata: Some(metadata.to_proto()),
     });
     request.set_timeout(Duration::from_secs(10));

@@ -78,6 +78,9 @@ enum Event {
 pub(crate) struct Shared {
     /// The registry address given to plugins.
     pub(crate) registry: String,
+    /// The host name other machines reach plugins by (plugins then listen on
+    /// every interface); `None`: loopback only.
+    pub(crate) plugin_host: Option<String>,
     /// Identifier → plugin folder name, for the plugins that registered.
     pub(crate) claims: Mutex<std::collections::HashMap<String, String>>,
     /// Every published snapshot, for the watch stream.
@@ -779,6 +782,10 @@ impl PluginTask {
         ];
         if manifest.allow_file_urls {
             env.push(("CORRAL_ALLOW_FILE_URLS".into(), "1".into()));
+        }
+        if let Some(host) = &self.shared.plugin_host {
+            env.push(("CORRAL_PLUGIN_LISTEN".into(), "0.0.0.0:0".into()));
+            env.push(("CORRAL_PLUGIN_HOST".into(), host.clone()));
         }
         env.extend(
             manifest

@@ -15,6 +15,9 @@ pub struct SupervisorConfig {
     pub grpc: SocketAddr,
     /// Folders whose direct subfolders with a `plugin.toml` are plugins.
     pub plugin_folders: Vec<PathBuf>,
+    /// The host name a gateway on another machine reaches plugins by; plugins
+    /// then listen on every interface. `None`: loopback only.
+    pub plugin_host: Option<String>,
 }
 
 /// Why the supervisor could not run.
@@ -78,7 +81,7 @@ impl RunningSupervisor {
         })?;
         let registry = registry_url(local_addr);
         let supervisor = Arc::new(
-            Supervisor::start(&config.plugin_folders, registry)
+            Supervisor::start(&config.plugin_folders, registry, config.plugin_host.clone())
                 .map_err(ServeError::PluginFolders)?,
         );
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

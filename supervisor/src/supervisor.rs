@@ -33,10 +33,15 @@ impl Supervisor {
     /// process, when its manifest is valid). Plugins will register at `registry`.
     /// A manifest with an error is logged with its file and field, and its
     /// plugin is listed as failed; the others start.
-    pub fn start(plugin_folders: &[PathBuf], registry: String) -> std::io::Result<Self> {
+    pub fn start(
+        plugin_folders: &[PathBuf],
+        registry: String,
+        plugin_host: Option<String>,
+    ) -> std::io::Result<Self> {
         let discovered = manifest::discover(plugin_folders)?;
         let shared = Arc::new(Shared {
             registry,
+            plugin_host,
             claims: Default::default(),
             changes: broadcast::channel(WATCH_BACKLOG).0,
             shutdown: CancellationToken::new(),
