@@ -397,3 +397,25 @@ async fn a_plugin_sees_only_its_scrubbed_environment_and_its_limits() {
         .unwrap();
     assert!(token.len() >= 64, "the token is long and random: {token}");
 }
+
+#[tokio::test]
+async fn with_a_plugin_host_plugins_listen_everywhere_and_register_under_that_name() {
+    let folders = PluginFolders::new();
+    folders.add("hello", &hello_world_manifest(""));
+    let supervisor =
+        Supervisor::start_with(&[folders.path()], &[], &["--plugin-host", "localhost"]);
+    let ready = supervisor.ready("hello").await;
+    let port = ready
+        .endpoint
+        .strip_prefix("http://localhost:")
+        .unwrap_or_else(|| panic!("{}", ready.endpoint));
+    // It listens on every interface, not only on loopback.
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let hex_port = format!(":{:04X}", port.parse::<u16>().unwrap());
+    assert!(
+        listening
+            .lines()
+            .any(|line| line.contains(&format!("00000000{hex_port}"))),
+        "port {port} not bound to 0.0.0.0"
+    );
+}

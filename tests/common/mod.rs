@@ -114,10 +114,16 @@ impl Supervisor {
 
     /// Starts `corral supervisor` with extra variables in its environment.
     pub fn start_with_env(folders: &[&Path], env: &[(&str, &str)]) -> Self {
+        Self::start_with(folders, env, &[])
+    }
+
+    /// Starts `corral supervisor` with extra variables and flags.
+    pub fn start_with(folders: &[&Path], env: &[(&str, &str)], flags: &[&str]) -> Self {
         let joined = std::env::join_paths(folders).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["supervisor", "--grpc", "127.0.0.1:0", "--plugin-folders"])
             .arg(&joined)
+            .args(flags)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
