@@ -239,10 +239,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let running = RunningGateway::start(&config)
         .await
         .context("failed to start the gateway")?;
-    println!(
-        "corral gateway: HTTP listening on http://{}",
-        running.local_addr()?
-    );
+    print_gateway_addresses(running.local_addr()?);
     let shutdown = Shutdown::default();
     tokio::spawn(forward_signals(shutdown.clone()));
     running
@@ -272,10 +269,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("failed to start the gateway")?;
     println!("corral supervisor: gRPC listening on {grpc}");
-    println!(
-        "corral gateway: HTTP listening on http://{}",
-        gateway.local_addr()?
-    );
+    print_gateway_addresses(gateway.local_addr()?);
     // The gateway stops first (its tasks need their plugins), then the supervisor.
     let signals = Shutdown::default();
     tokio::spawn(forward_signals(signals.clone()));
@@ -319,6 +313,13 @@ async fn supervisor(args: SupervisorArgs) -> anyhow::Result<()> {
         .serve(shutdown)
         .await
         .context("supervisor stopped with an error")
+}
+
+/// Where to point a browser or a client (the tests read the first line).
+fn print_gateway_addresses(address: SocketAddr) {
+    println!("corral gateway: HTTP listening on http://{address}");
+    println!("corral gateway: dashboard on http://{address}/dashboard/");
+    println!("corral gateway: API description on http://{address}/api-docs/");
 }
 
 /// First SIGTERM or Ctrl-C: graceful shutdown. Second: skip the grace periods.

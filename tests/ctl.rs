@@ -197,24 +197,8 @@ async fn tasks_and_a_task_followed_to_its_end() {
         "corral: Task not found."
     );
 
-    // Listing tasks needs an admin token.
-    let refused = ctl.fails(&["tasks"]);
-    assert_eq!(
-        refused,
-        "corral: the gateway refused the request (401): A bearer token is required."
-    );
-    let exp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"exp": exp, "roles": ["admin"]}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    let listed = ctl.ok(&["--token", &token, "tasks"]);
+    // Listing tasks is open like the contract's routes (a token with --require-auth).
+    let listed = ctl.ok(&["tasks"]);
     assert!(
         listed.lines().next().unwrap().starts_with("TASK"),
         "{listed}"
@@ -225,8 +209,7 @@ async fn tasks_and_a_task_followed_to_its_end() {
             .any(|line| line.starts_with(&task_id) && line.contains("SUCCESS")),
         "{listed}"
     );
-    let listed: Value =
-        serde_json::from_str(&ctl.ok(&["--token", &token, "--json", "tasks"])).unwrap();
+    let listed: Value = serde_json::from_str(&ctl.ok(&["--json", "tasks"])).unwrap();
     assert_eq!(listed[0]["id"], task_id);
     assert_eq!(listed[0]["plugin"], "hello-world@v0-2-1");
 
@@ -288,4 +271,39 @@ fn servers_that_are_down_give_one_clear_line() {
         line.starts_with("corral: cannot reach the gateway at http://127.0.0.1:9"),
         "{line}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_gives_one_clear_line() {
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve_with(
+        &database,
+        &[&plugins()],
+        &["--jwt-secret", SECRET, "--require-auth"],
+    );
+    let ctl = Ctl {
+        supervisor: format!("http://{}", corral.grpc.as_ref().unwrap()),
+        gateway: corral.http.clone(),
+    };
+    assert_eq!(
+        ctl.fails(&["tasks"]),
+        "corral: the gateway refused the request (401): A bearer token is required."
+    );
+    assert_eq!(
+        ctl.fails(&["--token", "not-a-token", "tasks"]),
+        "corral: the gateway refused the request (401): Invalid token: it cannot be read."
+    );
+    let exp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let listed = ctl.ok(&["--token", &token, "tasks"]);
+    assert!(listed.starts_with("TASK"), "{listed}");
 }

@@ -8,6 +8,7 @@
 //! - `routes`: the axum handlers; `views`: the contract's JSON bodies.
 
 mod auth;
+mod dashboard;
 pub mod directory;
 mod error;
 pub mod files;

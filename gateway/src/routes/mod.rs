@@ -27,9 +27,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .allow_headers(Any)
         .expose_headers([header::LOCATION, header::CONTENT_DISPOSITION]);
     let max_body = state.config.max_body_bytes;
+    // Reading plugins and tasks is open like the contract's routes (a token with
+    // --require-auth); changing a plugin always needs the admin role.
     let admin = Router::new()
-        .route("/admin/plugins/", get(admin::list))
-        .route("/admin/tasks/", get(admin::tasks))
         .route("/admin/plugins/{plugin}/{action}/", post(admin::act))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -60,6 +60,8 @@ pub(crate) fn router(state: AppState) -> Router {
             get(openapi::viewer_script),
         )
         .route("/api-docs/swagger-ui.css", get(openapi::viewer_style))
+        .route("/admin/plugins/", get(admin::list))
+        .route("/admin/tasks/", get(admin::tasks))
         .merge(admin)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -69,6 +71,8 @@ pub(crate) fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        // The page itself is open: its data calls carry the token the page asks for.
+        .route("/dashboard/", get(crate::dashboard::page))
         .layer(cors)
         .with_state(state)
 }
