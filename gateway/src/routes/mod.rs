@@ -15,7 +15,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::{
+    cors::{Any, CorsLayer},
+    trace::TraceLayer,
+};
 
 use crate::{auth, error::error_response, openapi, state::AppState, urls::BaseUrl};
 
@@ -73,6 +76,11 @@ pub(crate) fn router(state: AppState) -> Router {
         ))
         // The page itself is open: its data calls carry the token the page asks for.
         .route("/dashboard/", get(crate::dashboard::page))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
         .layer(cors)
         .with_state(state)
 }
