@@ -78,7 +78,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dashboard/", get(crate::dashboard::page))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
         .layer(cors)
