@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
@@ -30,8 +31,10 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group: dropping the driver kills the browser with it.
         let process = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -152,9 +155,20 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Ends the browser session (the browser quits).
+    async fn quit(&self) {
+        let _ = self
+            .client
+            .delete(format!("{}/session/{}", self.url, self.session))
+            .send()
+            .await;
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.process.kill();
+        common::signal_group(self.process.id(), nix::sys::signal::Signal::SIGKILL);
         let _ = self.process.wait();
     }
 }
@@ -265,4 +279,5 @@ async fn the_dashboard_shows_plugins_and_a_click_restarts_one() {
         )
         .await;
     assert_ne!(shown, old_pid);
+    driver.quit().await;
 }

@@ -279,6 +279,11 @@ impl Drop for Supervisor {
     }
 }
 
+/// Signals every process of the group led by `pid`.
+pub fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
 pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
