@@ -9,12 +9,14 @@ use std::{ffi::OsString, path::PathBuf};
 use anyhow::{Context, bail};
 
 /// Turns an old variable's value into ours.
-type Convert = fn(&str) -> anyhow::Result<String>;
+type Convert = fn(&str) -> anyhow::Result<Option<String>>;
 
 /// Variables of the old runner, accepted as aliases: (old name, our variable,
 /// how to turn the old value into ours).
 const ALIASES: &[(&str, &str, Convert)] = &[
-    ("SQLALCHEMY_DATABASE_URI", "DATABASE_URL", database_url),
+    ("SQLALCHEMY_DATABASE_URI", "DATABASE_URL", |value| {
+        database_url(value).map(Some)
+    }),
     ("SERVER_NAME", "CORRAL_HTTP", listen_address),
 ];
 
@@ -69,7 +71,9 @@ pub(crate) fn apply(
         let Ok(value) = std::env::var(old) else {
             continue;
         };
-        let value = convert(&value).with_context(|| format!("invalid {old}"))?;
+        let Some(value) = convert(&value).with_context(|| format!("invalid {old}"))? else {
+            continue;
+        };
         let id = arg_id_for_env(&command, ours);
         if let Some(id) = id {
             let mut known = false;
@@ -132,7 +136,9 @@ fn arg_id_for_env(command: &clap::Command, env: &str) -> Option<String> {
         .find_map(|sub| arg_id_for_env(sub, env))
 }
 
-/// SQLAlchemy's `postgresql+psycopg2://…` or `sqlite:///…` as our database URL.
+/// SQLAlchemy's `postgresql+psycopg2://…` or `sqlite:///path` as our database URL.
+/// SQLAlchemy's `sqlite:///x.db` is the relative path `x.db`, `sqlite:////x.db`
+/// the absolute `/x.db`; sqlx reads `sqlite://x.db` and `sqlite:///x.db` so.
 fn database_url(value: &str) -> anyhow::Result<String> {
     let (scheme, rest) = value
         .split_once("://")
@@ -140,24 +146,34 @@ fn database_url(value: &str) -> anyhow::Result<String> {
     let scheme = scheme.split('+').next().unwrap_or(scheme);
     match scheme {
         "postgres" | "postgresql" => Ok(format!("postgres://{rest}")),
-        "sqlite" => Ok(format!("sqlite://{rest}?mode=rwc")),
+        "sqlite" => {
+            let path = rest.strip_prefix('/').unwrap_or(rest);
+            if path.is_empty() {
+                bail!("an in-memory SQLite database would lose every task: give a file");
+            }
+            let separator = if path.contains('?') { '&' } else { '?' };
+            Ok(format!("sqlite://{path}{separator}mode=rwc"))
+        }
         other => bail!("`{other}` databases are not supported: give a PostgreSQL or SQLite URL"),
     }
 }
 
-/// Flask's `SERVER_NAME` (`host:port`) as a listen address.
-fn listen_address(value: &str) -> anyhow::Result<String> {
-    let (host, port) = value.rsplit_once(':').context("expected host:port")?;
+/// Flask's `SERVER_NAME` (`host:port`) as a listen address, when it is one; a
+/// public host name (Flask also uses it to build URLs) is not ours to bind.
+fn listen_address(value: &str) -> anyhow::Result<Option<String>> {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Ok(None);
+    };
     let host = if host == "localhost" {
         "127.0.0.1"
     } else {
         host
     };
     let address = format!("{host}:{port}");
-    address
+    Ok(address
         .parse::<std::net::SocketAddr>()
-        .with_context(|| format!("`{value}` is not an IP address and port"))?;
-    Ok(address)
+        .ok()
+        .map(|_| address))
 }
 
 #[cfg(test)]
@@ -171,18 +187,24 @@ mod tests {
             "postgres://u:p@db/qhana"
         );
         assert_eq!(
-            database_url("sqlite:///tmp/x.db").expect("valid"),
-            "sqlite:///tmp/x.db?mode=rwc"
+            database_url("sqlite:///runner.db").expect("valid"),
+            "sqlite://runner.db?mode=rwc"
         );
+        assert_eq!(
+            database_url("sqlite:////var/lib/x.db?cache=shared").expect("valid"),
+            "sqlite:///var/lib/x.db?cache=shared&mode=rwc"
+        );
+        assert!(database_url("sqlite://").is_err());
         assert!(database_url("mysql://db/x").is_err());
     }
 
     #[test]
     fn server_names_become_listen_addresses() {
         assert_eq!(
-            listen_address("localhost:5005").expect("valid"),
-            "127.0.0.1:5005"
+            listen_address("localhost:5005").expect("valid").as_deref(),
+            Some("127.0.0.1:5005")
         );
-        assert!(listen_address("example.org:80").is_err());
+        assert_eq!(listen_address("qhana.example.org:80").expect("valid"), None);
+        assert_eq!(listen_address("qhana.example.org").expect("valid"), None);
     }
 }

@@ -3,6 +3,12 @@
 
 use std::{io::Write, time::Duration};
 
+/// Prints a line to stdout; a reader that went away (`| head`) ends the command
+/// quietly, as it ends any other command-line tool.
+macro_rules! say {
+    ($($arg:tt)*) => { write_line(format_args!($($arg)*)) };
+}
+
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
 use corral_proto::supervisor::v1::{
@@ -173,9 +179,9 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&body);
             }
-            println!("status: {}", text(&body["status"]));
+            say!("status: {}", text(&body["status"]));
             if let Some(progress) = body.get("progress") {
-                println!(
+                say!(
                     "progress: {} of {} {}",
                     progress["value"],
                     progress["target"],
@@ -188,14 +194,14 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 } else {
                     "waiting"
                 };
-                println!(
+                say!(
                     "step: {} ({state}) {}",
                     text(&step["stepId"]),
                     text(&step["uiHref"])
                 );
             }
             for output in body["outputs"].as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "output: {} {}",
                     text(&output["name"]),
                     text(&output["href"])
@@ -203,7 +209,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
             let log = text(&body["log"]);
             if !log.is_empty() {
-                println!("log:\n{log}");
+                say!("log:\n{log}");
             }
             Ok(())
         }
@@ -292,14 +298,14 @@ async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
         bail!("{}", body["message"].as_str().unwrap_or(status.as_str()));
     }
     let mut body = response.bytes_stream();
-    let mut buffer = String::new();
+    // Bytes until a whole event is in: a character may be split across chunks.
+    let mut buffer: Vec<u8> = Vec::new();
     let mut final_status = None;
     while let Some(chunk) = body.next().await {
-        buffer.push_str(&String::from_utf8_lossy(
-            &chunk.context("the event stream broke")?,
-        ));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
+        buffer.extend_from_slice(&chunk.context("the event stream broke")?);
+        while let Some((end, separator)) = event_end(&buffer) {
+            let block = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            buffer.drain(..end + separator);
             let (mut name, mut data) = (String::new(), String::new());
             for line in block.lines() {
                 if let Some(value) = line.strip_prefix("event:") {
@@ -313,24 +319,24 @@ async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
             }
             let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
             if args.json {
-                println!("{}", json!({"event": name, "data": data}));
+                say!("{}", json!({"event": name, "data": data}));
             } else {
                 match name.as_str() {
-                    "snapshot" => println!("status: {}", text(&data["status"])),
-                    "log" => println!("log: {}", text(&data["text"])),
-                    "progress" => println!(
+                    "snapshot" => say!("status: {}", text(&data["status"])),
+                    "log" => say!("log: {}", text(&data["text"])),
+                    "progress" => say!(
                         "progress: {} of {} {}",
                         data["value"],
                         data["target"],
                         text(&data["unit"])
                     ),
-                    "step" => println!(
+                    "step" => say!(
                         "step: {} waits for input at {}",
                         text(&data["stepId"]),
                         text(&data["uiHref"])
                     ),
-                    "output" => println!("output: {} {}", text(&data["name"]), text(&data["href"])),
-                    "status" => println!("status: {}", text(&data["status"])),
+                    "output" => say!("output: {} {}", text(&data["name"]), text(&data["href"])),
+                    "status" => say!("status: {}", text(&data["status"])),
                     _ => {}
                 }
             }
@@ -339,10 +345,32 @@ async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
             }
         }
     }
+    if final_status.is_none() {
+        // The stream broke (a proxy's idle timeout, a restart): ask once.
+        let body = get_json(args, task_url).await?;
+        let status = text(&body["status"]);
+        if status != "PENDING" {
+            say!("status: {status}");
+            final_status = Some(status);
+        }
+    }
     match final_status.as_deref() {
         Some("SUCCESS") => Ok(()),
         Some(status) => bail!("the task ended {status}"),
         None => bail!("the event stream ended before the task did"),
+    }
+}
+
+/// Where the first event of `buffer` ends, and the length of its separator (a
+/// blank line, LF or CRLF).
+fn event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|window| window == b"\n\n");
+    let crlf = buffer.windows(4).position(|window| window == b"\r\n\r\n");
+    match (lf, crlf) {
+        (Some(lf), Some(crlf)) if crlf < lf => Some((crlf, 4)),
+        (Some(lf), _) => Some((lf, 2)),
+        (None, Some(crlf)) => Some((crlf, 4)),
+        (None, None) => None,
     }
 }
 
@@ -412,6 +440,21 @@ fn print_plugins(plugins: &[PluginStatus]) -> anyhow::Result<()> {
     print_table(&rows)
 }
 
+fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(error) = written {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("corral: failed to write the output: {error}");
+        std::process::exit(1);
+    }
+}
+
 fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
     let columns = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
@@ -422,20 +465,19 @@ fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
                 .unwrap_or(0)
         })
         .collect();
-    let mut out = std::io::stdout().lock();
     for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
+        say!("{}", line.join("  ").trim_end());
     }
     Ok(())
 }
 
 fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

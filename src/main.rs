@@ -340,6 +340,13 @@ async fn forward_signals(shutdown: Shutdown) {
         tracing::info!("shutdown requested");
         stage.cancel();
     }
+    // A third signal: leave now.
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    eprintln!("corral: stopped at once by a third signal");
+    std::process::exit(130);
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {

@@ -197,8 +197,23 @@ async fn tasks_and_a_task_followed_to_its_end() {
         "corral: Task not found."
     );
 
-    // Listing tasks is open like the contract's routes (a token with --require-auth).
-    let listed = ctl.ok(&["tasks"]);
+    // Listing everyone's tasks needs an admin token.
+    assert_eq!(
+        ctl.fails(&["tasks"]),
+        "corral: the gateway refused the request (401): A bearer token is required."
+    );
+    let exp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"exp": exp, "roles": ["admin"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let listed = ctl.ok(&["--token", &token, "tasks"]);
     assert!(
         listed.lines().next().unwrap().starts_with("TASK"),
         "{listed}"
@@ -209,7 +224,8 @@ async fn tasks_and_a_task_followed_to_its_end() {
             .any(|line| line.starts_with(&task_id) && line.contains("SUCCESS")),
         "{listed}"
     );
-    let listed: Value = serde_json::from_str(&ctl.ok(&["--json", "tasks"])).unwrap();
+    let listed: Value =
+        serde_json::from_str(&ctl.ok(&["--token", &token, "--json", "tasks"])).unwrap();
     assert_eq!(listed[0]["id"], task_id);
     assert_eq!(listed[0]["plugin"], "hello-world@v0-2-1");
 
@@ -304,6 +320,8 @@ async fn a_refused_token_gives_one_clear_line() {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    let listed = ctl.ok(&["--token", &token, "tasks"]);
-    assert!(listed.starts_with("TASK"), "{listed}");
+    assert_eq!(
+        ctl.fails(&["--token", &token, "tasks"]),
+        "corral: the gateway refused the request (403): The token lacks the `admin` role."
+    );
 }

@@ -31,7 +31,7 @@ button { cursor: pointer; }
 </head>
 <body>
 <h1>Corral</h1>
-<label>Admin token (for restarts, and for everything with --require-auth):
+<label>Admin token (for restarts and the task list; for everything with --require-auth):
   <input id="token" type="password" autocomplete="off"></label>
 <div id="notice" role="status"></div>
 <h2>Plugins</h2>
@@ -138,11 +138,15 @@ async function refresh() {
   if (refreshing) { return; }
   refreshing = true;
   try {
-    const [plugins, tasks] = await Promise.all([
-      fetchJson("../admin/plugins/"), fetchJson("../admin/tasks/?limit=20")]);
+    const plugins = await fetchJson("../admin/plugins/");
+    // Everyone's tasks are for admins: without a token the list stays empty.
+    const tasks = tokenInput.value.trim()
+      ? await fetchJson("../admin/tasks/?limit=20")
+      : { tasks: [] };
     showPlugins(plugins.plugins);
     showTasks(tasks.tasks);
     document.body.dataset.loaded = "true";
+    if (notice.textContent.startsWith("Could not load")) { notice.textContent = ""; }
   } catch (error) {
     notice.textContent = "Could not load: " + error.message;
   } finally {

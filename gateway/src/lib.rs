@@ -103,6 +103,7 @@ impl RunningGateway {
             webhooks: Webhooks::start(store.clone()),
             running: Default::default(),
             ended: Default::default(),
+            closing: Default::default(),
             metrics: Default::default(),
             max_output_bytes: config.max_output_bytes,
             shutdown: shutdown.clone(),
@@ -154,6 +155,7 @@ impl RunningGateway {
         // then event streams end (which lets their connections close).
         let shutdown = self.shutdown.clone();
         let stopping = stop.clone();
+        let immediate_drain = immediate.clone();
         let wind_down = tokio::spawn(async move {
             stopping.cancelled().await;
             runner.wind_down(grace, &immediate).await;
@@ -166,6 +168,7 @@ impl RunningGateway {
         let served = tokio::select! {
             served = &mut served => served,
             () = async { stop.cancelled().await; tokio::time::sleep(grace + DRAIN).await } => Ok(()),
+            () = async { immediate_drain.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
         };
         // The plugins (stopped after this returns) are needed until every task ended.
         // (A server that failed on its own winds down the same way.)

@@ -30,6 +30,9 @@ const READY_WAIT: Duration = Duration::from_secs(30);
 const CRASH_REPORT_WAIT: Duration = Duration::from_secs(2);
 /// How long a step submission waits for its plugin to be listed again.
 const STEP_READY_WAIT: Duration = Duration::from_secs(5);
+/// How long ending one task may take at shutdown (a database that is down
+/// must not hold the exit up).
+const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// Longest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 64 * 1024;
 
@@ -55,6 +58,8 @@ pub(crate) struct Runner {
     pub(crate) running: Arc<Mutex<HashMap<String, (CancellationToken, BaseUrl)>>>,
     /// Woken each time a runner ends.
     pub(crate) ended: Arc<tokio::sync::Notify>,
+    /// Set when shutdown begins: no new task starts.
+    pub(crate) closing: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) metrics: crate::metrics::Metrics,
     /// The largest output file.
     pub(crate) max_output_bytes: u64,
@@ -74,12 +79,19 @@ enum Outcome {
 
 impl Runner {
     /// Runs a task that was just created (or found unfinished at start), in the background.
+    /// Once shutdown began no task starts: it stays `PENDING` for the next start.
     pub(crate) fn spawn(&self, job: Job) {
         let runner = self.clone();
         let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
         let cancel = CancellationToken::new();
-        self.lock_running()
-            .insert(job.task_id.clone(), (cancel.clone(), job.base.clone()));
+        {
+            let mut running = self.lock_running();
+            if self.shutdown_begun() {
+                tracing::info!(task = %job.task_id, "not started: the gateway is shutting down");
+                return;
+            }
+            running.insert(job.task_id.clone(), (cancel.clone(), job.base.clone()));
+        }
         let task = async move {
             runner.metrics.task_started();
             if let Err(error) = runner.run(&job, &cancel).await {
@@ -99,6 +111,12 @@ impl Runner {
     /// Shutdown: lets running tasks finish within `grace` (or until `immediate`),
     /// then ends the rest `FAILURE` with the reason.
     pub(crate) async fn wind_down(&self, grace: Duration, immediate: &CancellationToken) {
+        {
+            // Under the lock `spawn` takes: no task starts after this.
+            let _running = self.lock_running();
+            self.closing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let ended = self.ended.notified();
@@ -122,13 +140,23 @@ impl Runner {
             .collect();
         for (task_id, base) in remaining {
             let reason = "the gateway shut down before the task finished";
-            if let Err(error) = self
-                .finish(&task_id, TaskStatus::Failure, Some(reason), &base)
-                .await
-            {
-                tracing::error!(task = %task_id, %error, "failed to end a task at shutdown");
+            let ended = tokio::time::timeout(
+                FINISH_AT_SHUTDOWN,
+                self.finish(&task_id, TaskStatus::Failure, Some(reason), &base),
+            );
+            match ended.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(task = %task_id, %error, "failed to end a task at shutdown");
+                }
+                Err(_) => tracing::error!(task = %task_id, "ending a task at shutdown timed out"),
             }
         }
+    }
+
+    /// Whether shutdown began (no new task is taken).
+    pub(crate) fn shutdown_begun(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock_running(
@@ -235,6 +263,9 @@ impl Runner {
             task_id: task_id.to_owned(),
             inputs: inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
+        if self.shutdown.is_cancelled() || cancel.is_cancelled() {
+            return Ok(Outcome::Interrupted);
+        }
         let invoked = std::time::Instant::now();
         let mut stream = match client.invoke(request).await {
             Ok(response) => {

@@ -78,11 +78,11 @@ pub(crate) async fn act(
 }
 
 /// `GET /admin/tasks/?limit=N`: the newest tasks (default 20, at most 1000;
-/// open unless --require-auth).
-#[utoipa::path(get, path = "/admin/tasks/", tag = "admin",
+/// admin role).
+#[utoipa::path(get, path = "/admin/tasks/", tag = "admin", security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, description = "how many, newest first (default 20, at most 1000)")),
     responses((status = 200, description = "the newest tasks with their status"),
-        (status = 401, description = "with --require-auth, no valid token", body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn tasks(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,

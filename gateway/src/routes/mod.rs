@@ -8,11 +8,11 @@ pub(crate) mod plugins;
 pub(crate) mod tasks;
 
 use axum::{
-    Router,
+    Json, Router,
     extract::{DefaultBodyLimit, Request},
     http::{StatusCode, header},
     middleware,
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
 use tower_http::{
@@ -30,9 +30,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .allow_headers(Any)
         .expose_headers([header::LOCATION, header::CONTENT_DISPOSITION]);
     let max_body = state.config.max_body_bytes;
-    // Reading plugins and tasks is open like the contract's routes (a token with
-    // --require-auth); changing a plugin always needs the admin role.
+    // The plugin list is open like the contract's routes (a token with
+    // --require-auth); listing everyone's tasks and changing a plugin need the
+    // admin role.
     let admin = Router::new()
+        .route("/admin/tasks/", get(admin::tasks))
         .route("/admin/plugins/{plugin}/{action}/", post(admin::act))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -64,7 +66,6 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api-docs/swagger-ui.css", get(openapi::viewer_style))
         .route("/admin/plugins/", get(admin::list))
-        .route("/admin/tasks/", get(admin::tasks))
         .merge(admin)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -76,6 +77,8 @@ pub(crate) fn router(state: AppState) -> Router {
         ))
         // The page itself is open: its data calls carry the token the page asks for.
         .route("/dashboard/", get(crate::dashboard::page))
+        .route("/dashboard", get(|| async { Redirect::permanent("/dashboard/") }))
+        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())

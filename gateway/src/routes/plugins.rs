@@ -161,6 +161,11 @@ pub(crate) async fn process(
     base: BaseUrl,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if state.runner.shutdown_begun() {
+        return Err(ApiError::Unavailable(
+            "The runner is shutting down; try again shortly.".into(),
+        ));
+    }
     let live = ready(&state, &plugin)?;
     let submitted = body::read(&state, request, body::Uploads::Store).await?;
     let values = match forms::validate(&live.metadata.inputs, &submitted.values) {
