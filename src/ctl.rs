@@ -12,8 +12,7 @@ macro_rules! say {
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
 use corral_proto::supervisor::v1::{
-    FollowLogsRequest, ListPluginsRequest, PluginRef, PluginState, PluginStatus,
-    admin_client::AdminClient,
+    FollowLogsRequest, ListPluginsRequest, PluginRef, PluginStatus, admin_client::AdminClient,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -249,7 +248,9 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("failed to set up the HTTP client")
 }
 
-async fn get_json(args: &CtlArgs, url: &str) -> anyhow::Result<Value> {
+/// GETs `url` from the gateway with the token; a refusal or an error status is
+/// one readable error.
+async fn gateway_get(args: &CtlArgs, url: &str) -> anyhow::Result<reqwest::Response> {
     let mut request = http_client()?.get(url);
     if let Some(token) = &args.token {
         request = request.bearer_auth(token);
@@ -262,41 +263,34 @@ async fn get_json(args: &CtlArgs, url: &str) -> anyhow::Result<Value> {
         )
     })?;
     let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let message = body["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| status.to_string());
-        if status.as_u16() == 401 || status.as_u16() == 403 {
-            bail!(
-                "the gateway refused the request ({}): {message}",
-                status.as_u16()
-            );
-        }
-        bail!("{message}");
+    if status.is_success() {
+        return Ok(response);
     }
-    Ok(body)
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let message = body["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| status.to_string());
+    if status.as_u16() == 401 || status.as_u16() == 403 {
+        bail!(
+            "the gateway refused the request ({}): {message}",
+            status.as_u16()
+        );
+    }
+    bail!("{message}")
+}
+
+async fn get_json(args: &CtlArgs, url: &str) -> anyhow::Result<Value> {
+    let response = gateway_get(args, url).await?;
+    response
+        .json()
+        .await
+        .context("the gateway answered something that is not JSON")
 }
 
 /// Streams a task's events (SSE) until it ends.
 async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
-    let mut request = http_client()?.get(format!("{task_url}events"));
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|error| {
-        anyhow!(
-            "cannot reach the gateway at {}: {}",
-            args.gateway,
-            root_cause(&error)
-        )
-    })?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        bail!("{}", body["message"].as_str().unwrap_or(status.as_str()));
-    }
+    let response = gateway_get(args, &format!("{task_url}events")).await?;
     let mut body = response.bytes_stream();
     // Bytes until a whole event is in: a character may be split across chunks.
     let mut buffer: Vec<u8> = Vec::new();
@@ -378,7 +372,7 @@ fn plugin_json(status: &PluginStatus) -> Value {
     json!({
         "plugin": status.plugin,
         "identifier": status.identifier,
-        "state": state_name(status.state),
+        "state": corral_gateway::directory::state_name(status.state),
         "pid": status.pid,
         "endpoint": status.endpoint,
         "restarts": status.restarts,
@@ -386,17 +380,6 @@ fn plugin_json(status: &PluginStatus) -> Value {
         "lastExitReason": status.last_exit_reason,
         "error": status.error,
     })
-}
-
-fn state_name(state: i32) -> String {
-    PluginState::try_from(state)
-        .map(|state| {
-            state
-                .as_str_name()
-                .trim_start_matches("PLUGIN_STATE_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn print_plugins(plugins: &[PluginStatus]) -> anyhow::Result<()> {
@@ -422,7 +405,7 @@ fn print_plugins(plugins: &[PluginStatus]) -> anyhow::Result<()> {
         rows.push(vec![
             plugin.plugin.clone(),
             dash(&plugin.identifier),
-            state_name(plugin.state),
+            corral_gateway::directory::state_name(plugin.state),
             if plugin.pid == 0 {
                 "-".into()
             } else {

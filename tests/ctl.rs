@@ -7,11 +7,10 @@ mod common;
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Output, Stdio},
-    time::SystemTime,
 };
 
 use common::serve::{Corral, Db, TestDatabase, plugins};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const SECRET: &str = "ctl-test-secret-long-enough-for-hs256";
 
@@ -202,17 +201,7 @@ async fn tasks_and_a_task_followed_to_its_end() {
         ctl.fails(&["tasks"]),
         "corral: the gateway refused the request (401): A bearer token is required."
     );
-    let exp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"exp": exp, "roles": ["admin"]}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = common::token(SECRET, &["admin"]);
     let listed = ctl.ok(&["--token", &token, "tasks"]);
     assert!(
         listed.lines().next().unwrap().starts_with("TASK"),
@@ -309,17 +298,7 @@ async fn a_refused_token_gives_one_clear_line() {
         ctl.fails(&["--token", "not-a-token", "tasks"]),
         "corral: the gateway refused the request (401): Invalid token: it cannot be read."
     );
-    let exp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = common::token(SECRET, &[]);
     assert_eq!(
         ctl.fails(&["--token", &token, "tasks"]),
         "corral: the gateway refused the request (403): The token lacks the `admin` role."

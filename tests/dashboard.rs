@@ -8,7 +8,7 @@ mod common;
 use std::{
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use common::serve::{Corral, Db, TestDatabase, plugins};
@@ -236,17 +236,7 @@ async fn the_dashboard_shows_plugins_and_a_click_restarts_one() {
         .await;
 
     // The admin token goes into the page; the button restarts the plugin.
-    let exp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"exp": exp, "roles": ["admin"]}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = common::token(SECRET, &["admin"]);
     driver
         .script(
             "const input = document.getElementById('token'); input.value = arguments[0]; \

@@ -325,17 +325,7 @@ impl Corral {
 
     /// Waits (servicing this runtime) for the process to exit.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "corral did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::exited(&mut self.child).await
     }
 }
 
