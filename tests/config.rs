@@ -112,19 +112,8 @@ async fn the_old_runners_database_variable_is_accepted() {
     let database = TestDatabase::new(Db::Postgres).await;
     let url = database.url.clone().unwrap();
     let sqlalchemy = url.replacen("postgres://", "postgresql+psycopg2://", 1);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    let mut command = common::serve::serve_command(database.data_dir.path(), &[&plugins()]);
     command
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(database.data_dir.path())
-        .arg("--plugin-folders")
-        .arg(plugins())
         .env("SQLALCHEMY_DATABASE_URI", &sqlalchemy)
         .env_remove("DATABASE_URL");
     let corral = Corral::start_command(command);

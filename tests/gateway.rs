@@ -103,15 +103,7 @@ async fn multi_step_outputs_progress_and_event_stream(db: Db) {
         step["href"],
         corral.url(&format!("/plugins/{MULTI}/{task_id}/demo-step-process/"))
     );
-    let page = corral
-        .client
-        .get(step["uiHref"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = corral.get_text(step["uiHref"].as_str().unwrap()).await;
     assert!(
         page.contains("value=\"Input from preprocessing: input text\""),
         "{page}"
@@ -151,15 +143,7 @@ async fn multi_step_outputs_progress_and_event_stream(db: Db) {
     assert_eq!(status["progress"]["value"], 100);
     let mut texts = Vec::new();
     for output in status["outputs"].as_array().unwrap() {
-        let text = corral
-            .client
-            .get(output["href"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = corral.get_text(output["href"].as_str().unwrap()).await;
         texts.push((output["name"].as_str().unwrap().to_owned(), text));
     }
     assert_eq!(
@@ -568,14 +552,8 @@ async fn plugin_list_metadata_and_redirects(db: Db) {
     );
     // The visualization's page shows its data.
     let page = corral
-        .client
-        .get(corral.url("/plugins/csv-visualization@v0-1-0/ui/?data=data:text/csv,a,b%0A1,2"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text("/plugins/csv-visualization@v0-1-0/ui/?data=data:text/csv,a,b%0A1,2")
+        .await;
     assert!(page.contains("<td>1</td><td>2</td>"), "{page}");
     assert!(page.contains("data-input-type=\"data\""), "{page}");
     // POST to the form page re-renders it with inline errors, never a 4xx.

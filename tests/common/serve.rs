@@ -116,6 +116,25 @@ pub struct Corral {
     pub client: reqwest::Client,
 }
 
+/// `corral serve` on free ports with `data_dir` and `plugin_folders`; the
+/// database is the embedded default unless the caller adds one.
+pub fn serve_command(data_dir: &Path, plugin_folders: &[&Path]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .arg("--plugin-folders")
+        .arg(std::env::join_paths(plugin_folders).unwrap());
+    command
+}
+
 impl Corral {
     /// `corral serve` with `plugin_folders` on `database`.
     pub fn serve(database: &TestDatabase, plugin_folders: &[&Path]) -> Self {
@@ -124,24 +143,24 @@ impl Corral {
 
     /// `corral serve` with extra flags.
     pub fn serve_with(database: &TestDatabase, plugin_folders: &[&Path], extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
-        command
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--grpc",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(database.data_dir.path())
-            .arg("--plugin-folders")
-            .arg(std::env::join_paths(plugin_folders).unwrap())
-            .args(extra);
+        let mut command = serve_command(database.data_dir.path(), plugin_folders);
+        command.args(extra);
         if let Some(url) = &database.url {
             command.args(["--database-url", url]);
         }
         Self::start(command)
+    }
+
+    /// GETs `url` (absolute or a path) and returns the body as text.
+    pub async fn get_text(&self, url: &str) -> String {
+        self.client
+            .get(self.url(url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// `corral gateway` against a running supervisor.
