@@ -13,6 +13,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// The protocol version this crate speaks (`RegisterRequest.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The `bytes` crate of the generated types (`OutputChunk.data`), for SDKs that
+/// send chunks without copying them.
+pub use bytes;
+
 /// The largest chunk of an output file a plugin may send in one event.
 pub const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 

@@ -219,6 +219,19 @@ impl Output<'_> {
         Ok(())
     }
 
+    /// Sends bytes the caller already holds as [`Bytes`](corral_proto::bytes::Bytes),
+    /// in chunks of at most 1 MiB, without copying them.
+    pub async fn write_bytes(&mut self, bytes: corral_proto::bytes::Bytes) -> Result<(), Error> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(corral_proto::MAX_OUTPUT_CHUNK));
+            self.task
+                .send(Event::OutputChunk(pb::OutputChunk { data: chunk }))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Ends the file.
     pub async fn finish(self) -> Result<(), Error> {
         self.task.send(Event::OutputEnd(pb::OutputEnd {})).await

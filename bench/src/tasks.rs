@@ -1,0 +1,256 @@
+//! Tasks end to end over REST, and the floor under them: a direct gRPC invoke
+//! of the plugin, and the least the store must commit for a task.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use corral_proto::plugin::v1::{InvokeRequest, invoke_event::Event, plugin_client::PluginClient};
+use futures::future::try_join_all;
+use hyper::StatusCode;
+use sqlx::{AnyPool, any::AnyPoolOptions};
+use tonic::transport::Channel;
+
+use crate::{
+    http::{Conn, final_status_of_events, path_of, task_status},
+    stats::Latencies,
+};
+
+/// hello-world's process route.
+pub const HELLO_PROCESS: &str = "/plugins/hello-world@v0-2-1/process/";
+/// How often the polling client asks, as the old runner's benchmark client does.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+/// Tasks run before each measured run, not counted.
+const WARM_UP: usize = 20;
+
+/// How a client learns that its task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// `GET /tasks/<id>/` every 10 ms until `SUCCESS` (the old runner's way).
+    Polling,
+    /// `GET /tasks/<id>/events` until the stream ends (ours).
+    Events,
+}
+
+impl Client {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Polling => "polling (10 ms)",
+            Self::Events => "event stream",
+        }
+    }
+}
+
+/// One measured run of `n` tasks.
+pub struct Run {
+    pub per_second: f64,
+    pub latencies: Latencies,
+}
+
+/// Runs `n` jobs over `concurrency` workers; each worker makes its own state
+/// with `open` and times each `job`.
+async fn drive<S, Open, OpenFut, Job, JobFut>(
+    n: usize,
+    concurrency: usize,
+    open: Open,
+    job: Job,
+) -> Result<Run>
+where
+    S: Send + 'static,
+    Open: Fn() -> OpenFut,
+    OpenFut: Future<Output = Result<S>> + Send + 'static,
+    Job: Fn(S, usize) -> JobFut + Clone + Send + Sync + 'static,
+    JobFut: Future<Output = Result<S>> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency.min(n).max(1)).map(|_| {
+        let (next, job, opened) = (next.clone(), job.clone(), open());
+        tokio::spawn(async move {
+            let mut state = opened.await?;
+            let mut latencies = Latencies::with_capacity(n / concurrency + 1);
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= n {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let began = Instant::now();
+                state = job(state, index).await?;
+                latencies.push(began.elapsed());
+            }
+        })
+    });
+    let mut latencies = Latencies::with_capacity(n);
+    for worker in try_join_all(workers).await? {
+        latencies.extend(worker?);
+    }
+    let elapsed = started.elapsed();
+    Ok(Run {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latencies,
+    })
+}
+
+/// hello-world submitted over REST until `SUCCESS` is seen.
+pub async fn end_to_end(
+    addr: SocketAddr,
+    client: Client,
+    n: usize,
+    concurrency: usize,
+) -> Result<Run> {
+    let open = move || Conn::open(addr);
+    let job = move |conn, index| one_task(conn, client, index);
+    drive(WARM_UP.min(n), concurrency, open, job.clone()).await?;
+    drive(n, concurrency, open, job).await
+}
+
+async fn one_task(mut conn: Conn, client: Client, index: usize) -> Result<Conn> {
+    let form = format!("inputStr=hello+input+{index}");
+    let created = conn.post_form(HELLO_PROCESS, form).await?;
+    if created.status != StatusCode::SEE_OTHER {
+        bail!(
+            "submit answered {}: {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        );
+    }
+    let location = path_of(
+        created
+            .location
+            .as_deref()
+            .context("303 without Location")?,
+    )
+    .to_owned();
+    let status = match client {
+        Client::Polling => loop {
+            let reply = conn.get(&location).await?;
+            match task_status(&reply.body).as_deref() {
+                Some("PENDING") => tokio::time::sleep(POLL_EVERY).await,
+                other => break other.map(str::to_owned),
+            }
+        },
+        Client::Events => {
+            let reply = conn.get(&format!("{location}events")).await?;
+            final_status_of_events(&reply.body)
+        }
+    };
+    if status.as_deref() != Some("SUCCESS") {
+        bail!("task {location} ended {status:?}");
+    }
+    Ok(conn)
+}
+
+/// hello-world invoked directly over gRPC, no gateway: the plugin's share.
+pub async fn direct_invoke(endpoint: &str, n: usize, concurrency: usize) -> Result<Run> {
+    let channel = Channel::from_shared(endpoint.to_owned())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let open = move || {
+        let client = PluginClient::new(channel.clone());
+        async move { Ok(client) }
+    };
+    let job = |client, index| invoke_once(client, index);
+    drive(WARM_UP.min(n), concurrency, open.clone(), job).await?;
+    drive(n, concurrency, open, job).await
+}
+
+async fn invoke_once(
+    mut client: PluginClient<Channel>,
+    index: usize,
+) -> Result<PluginClient<Channel>> {
+    let request = InvokeRequest {
+        task_id: format!("floor-{index}-{:x}", rand::random::<u64>()),
+        inputs: [("inputStr".to_owned(), format!("hello input {index}"))].into(),
+    };
+    let mut events = client.invoke(request).await?.into_inner();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Result(_)) => return Ok(client),
+            Some(Event::Error(error)) => bail!("hello-world failed: {}", error.message),
+            _ => {}
+        }
+    }
+    bail!("hello-world ended without a result")
+}
+
+/// The least the store must commit for one hello-world task: the task row
+/// before the client gets its URL, then (one transaction) its output file's
+/// row and its final status and log. The schema is the gateway's.
+pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Result<Run> {
+    // The gateway's own connect makes the schema.
+    corral_gateway::store::Store::connect(database_url).await?;
+    let pool = pool(database_url).await?;
+    let open = move || {
+        let pool = pool.clone();
+        async move { Ok(pool) }
+    };
+    let job = |pool, _| store_one(pool);
+    drive(WARM_UP.min(n), concurrency, open.clone(), job).await?;
+    drive(n, concurrency, open, job).await
+}
+
+/// A pool as the gateway makes one (size, SQLite settings).
+async fn pool(url: &str) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
+    let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 16 });
+    if sqlite {
+        options = options.after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::raw_sql(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                )
+                .execute(connection)
+                .await?;
+                Ok(())
+            })
+        });
+    }
+    Ok(options.connect(url).await?)
+}
+
+async fn store_one(pool: AnyPool) -> Result<AnyPool> {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let now = corral_gateway::store::now_millis();
+    sqlx::query(
+        "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
+         updated_at) VALUES ($1, 'hello-world@v0-2-1', 'PENDING', '', $2, 'http://127.0.0.1', 1, $3, $3)",
+    )
+    .bind(&id)
+    .bind(r#"{"inputStr":"hello input"}"#)
+    .bind(now)
+    .execute(&pool)
+    .await?;
+    let mut transaction = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
+         size, storage_key, created_at) VALUES ($1, $2, $3, 'output', 0, 'out.txt', \
+         'custom/hello-world-output', 'text/plain', 12, $4, $5)",
+    )
+    .bind(format!("{:032x}", rand::random::<u128>()))
+    .bind(format!("{:032x}", rand::random::<u128>()))
+    .bind(&id)
+    .bind(format!("{:032x}", rand::random::<u128>()))
+    .bind(now)
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query(
+        "UPDATE tasks SET status = 'SUCCESS', log = $2, updated_at = $3, finished_at = $3 \
+         WHERE id = $1",
+    )
+    .bind(&id)
+    .bind("result: 'hello output'")
+    .bind(now)
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(pool)
+}
