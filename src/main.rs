@@ -205,7 +205,9 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_tracing(cli.log_format, default_level);
+    // Log lines are written by a thread of their own: never a blocking write on
+    // the async runtime. Dropping the guard (at return) flushes what is queued.
+    let _flush_logs_at_exit = init_tracing(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -349,14 +351,27 @@ async fn forward_signals(shutdown: Shutdown) {
     std::process::exit(130);
 }
 
-fn init_tracing(format: LogFormat, default_level: &str) {
+fn init_tracing(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Lossless: when the queue is full, the logging call waits rather than
+    // dropping lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
+        )
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

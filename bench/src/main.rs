@@ -202,7 +202,7 @@ async fn tasks_and_reads(
             Db::Sqlite => None,
         };
         let url = database.as_ref().map(|database| database.url.as_str());
-        let gateway = Gateway::start(&supervisor, url)?;
+        let gateway = Gateway::start(&supervisor, 1, url).await?;
         if tasks {
             let mut floor_db = None;
             let floor_url = match db {
@@ -360,7 +360,7 @@ async fn streaming(sizes: &Sizes, report: &mut Report) -> Result<()> {
     folders.add("bulk", &binary_manifest("examples/bulk", &[])?)?;
     let supervisor = Supervisor::start(folders.path())?;
     supervisor.all_ready(1).await?;
-    let gateway = Gateway::start(&supervisor, None)?;
+    let gateway = Gateway::start(&supervisor, 1, None).await?;
     report.streaming = Some(streaming::measure(&gateway, sizes.stream_bytes).await?);
     Ok(())
 }
@@ -377,7 +377,7 @@ async fn growth(args: &Args, sizes: &Sizes, report: &mut Report) -> Result<()> {
     progress(&format!("growth: tasks with {most} plugins loaded"));
     let (_folders, supervisor) = growth::supervisor_with(most).await?;
     let database = Database::create(&args.postgres).await?;
-    let gateway = Gateway::start(&supervisor, Some(&database.url))?;
+    let gateway = Gateway::start(&supervisor, most, Some(&database.url)).await?;
     let parallel = *sizes.concurrencies.last().unwrap_or(&1);
     let mut loaded = Spread::default();
     for _ in 0..sizes.rounds {

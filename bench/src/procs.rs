@@ -281,8 +281,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway over `supervisor`; `database_url` `None` is the embedded SQLite.
-    pub fn start(supervisor: &Supervisor, database_url: Option<&str>) -> Result<Self> {
+    /// Starts a gateway over `supervisor`'s `plugins` (ready) plugins and waits
+    /// until it lists them; `database_url` `None` is the embedded SQLite.
+    pub async fn start(
+        supervisor: &Supervisor,
+        plugins: usize,
+        database_url: Option<&str>,
+    ) -> Result<Self> {
         let data = tempfile::tempdir()?;
         let mut args = vec![
             "gateway".into(),
@@ -298,11 +303,36 @@ impl Gateway {
         }
         let process = Process::start(&args, "corral gateway: HTTP listening on http://")?;
         let addr = process.address.parse()?;
-        Ok(Self {
+        let gateway = Self {
             process,
             addr,
             _data: data,
-        })
+        };
+        gateway.listing(plugins).await?;
+        Ok(gateway)
+    }
+}
+
+impl Gateway {
+    /// Waits until the gateway lists `count` plugins (it learns them from the
+    /// supervisor's watch stream just after it starts).
+    pub async fn listing(&self, count: usize) -> Result<()> {
+        let mut conn = crate::http::Conn::open(self.addr).await?;
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        loop {
+            let reply = conn.get("/plugins/").await?;
+            let listed = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|body| body["plugins"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            if listed >= count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the gateway listed {listed} of {count} plugins after {START_LIMIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

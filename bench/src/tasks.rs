@@ -106,7 +106,7 @@ pub async fn end_to_end(
 ) -> Result<Run> {
     let open = move || Conn::open(addr);
     let job = move |conn, index| one_task(conn, client, index);
-    drive(WARM_UP.min(n), concurrency, open, job.clone()).await?;
+    drive(WARM_UP.min(n), concurrency, open, job).await?;
     drive(n, concurrency, open, job).await
 }
 
@@ -200,7 +200,9 @@ pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Re
 async fn pool(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     let sqlite = url.starts_with("sqlite:");
-    let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 16 });
+    let mut options = AnyPoolOptions::new()
+        .max_connections(if sqlite { 4 } else { 16 })
+        .test_before_acquire(false);
     if sqlite {
         options = options.after_connect(|connection, _| {
             Box::pin(async move {

@@ -28,6 +28,7 @@ mod webhooks;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError};
@@ -161,7 +162,15 @@ impl RunningGateway {
             runner.wind_down(grace, &immediate).await;
             shutdown.cancel();
         });
-        let served = axum::serve(self.listener, router.into_make_service())
+        // Small writes (an SSE event, a short reply) go out at once: without
+        // TCP_NODELAY, Nagle's algorithm and the client's delayed ACK hold the
+        // second write of a response for 40 ms.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "failed to set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future();
         tokio::pin!(served);

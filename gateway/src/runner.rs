@@ -16,7 +16,7 @@ use crate::{
     directory::{Directory, LivePlugin},
     files::{FileSink, FileStore},
     live::{LiveEvent, LiveEvents},
-    store::{FileKind, FileRecord, Progress, Store, StoreError, TaskStatus},
+    store::{Batch, FileKind, FileRecord, MAX_LOG_CHARS, Progress, Store, StoreError, TaskStatus},
     urls::BaseUrl,
     webhooks::{WebhookEvent, Webhooks},
 };
@@ -35,6 +35,9 @@ const STEP_READY_WAIT: Duration = Duration::from_secs(5);
 const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// Longest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 64 * 1024;
+/// The longest a running task's events wait to be written together (they are
+/// published to event-stream followers at once). See `tasks.md`.
+const WRITE_EVERY: Duration = Duration::from_millis(50);
 
 /// One task to run: what and for whom (links use the client's base URL).
 #[derive(Debug, Clone)]
@@ -43,6 +46,9 @@ pub(crate) struct Job {
     pub(crate) plugin: String,
     pub(crate) inputs: BTreeMap<String, String>,
     pub(crate) base: BaseUrl,
+    /// Whether the row was just created with its first attempt counted (a
+    /// resumed task counts a new attempt before it runs).
+    pub(crate) fresh: bool,
 }
 
 /// What a task runner needs; cheap to clone.
@@ -98,7 +104,13 @@ impl Runner {
                 tracing::error!(task = %job.task_id, %error, "task runner failed");
                 let reason = "the gateway could not record the task's progress";
                 let _ = runner
-                    .finish(&job.task_id, TaskStatus::Failure, Some(reason), &job.base)
+                    .finish(
+                        &job.task_id,
+                        TaskStatus::Failure,
+                        Some(reason),
+                        &job.base,
+                        Pending::default(),
+                    )
                     .await;
             }
             runner.lock_running().remove(&job.task_id);
@@ -142,7 +154,13 @@ impl Runner {
             let reason = "the gateway shut down before the task finished";
             let ended = tokio::time::timeout(
                 FINISH_AT_SHUTDOWN,
-                self.finish(&task_id, TaskStatus::Failure, Some(reason), &base),
+                self.finish(
+                    &task_id,
+                    TaskStatus::Failure,
+                    Some(reason),
+                    &base,
+                    Pending::default(),
+                ),
             );
             match ended.await {
                 Ok(Ok(())) => {}
@@ -181,7 +199,13 @@ impl Runner {
                         "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
                     );
                     let _ = runner
-                        .finish(&task_id, TaskStatus::Failure, Some(&reason), &base)
+                        .finish(
+                            &task_id,
+                            TaskStatus::Failure,
+                            Some(&reason),
+                            &base,
+                            Pending::default(),
+                        )
                         .await;
                     return;
                 };
@@ -189,7 +213,13 @@ impl Runner {
                     let reason = "the gateway restarted while the task was running; \
                                   the plugin's tasks are not safe to run again";
                     let _ = runner
-                        .finish(&task_id, TaskStatus::Failure, Some(reason), &base)
+                        .finish(
+                            &task_id,
+                            TaskStatus::Failure,
+                            Some(reason),
+                            &base,
+                            Pending::default(),
+                        )
                         .await;
                     return;
                 }
@@ -204,6 +234,7 @@ impl Runner {
                     plugin,
                     inputs,
                     base,
+                    fresh: false,
                 });
             });
         }
@@ -212,42 +243,80 @@ impl Runner {
 
     async fn run(&self, job: &Job, cancel: &CancellationToken) -> Result<(), StoreError> {
         let task_id = job.task_id.as_str();
+        let mut attempt = if job.fresh {
+            1
+        } else {
+            match self.store.begin_attempt(task_id).await? {
+                Some(attempt) => attempt,
+                None => return Ok(()),
+            }
+        };
+        let mut pending = Pending::default();
         loop {
-            let attempt = self.store.begin_attempt(task_id).await?;
             let Some(live) = self.directory.snapshot().ready(&job.plugin).cloned() else {
-                return self
-                    .fail(job, &format!("plugin {} is not ready", job.plugin))
-                    .await;
+                let reason = format!("plugin {} is not ready", job.plugin);
+                return self.fail(job, &reason, pending).await;
             };
-            match self.invoke(job, &live, cancel).await? {
+            let outcome = self.invoke(job, &live, cancel, &mut pending).await?;
+            match outcome {
                 Outcome::Success => {
                     return self
-                        .finish(task_id, TaskStatus::Success, None, &job.base)
+                        .finish(task_id, TaskStatus::Success, None, &job.base, pending)
                         .await;
                 }
-                Outcome::Failure(reason) => return self.fail(job, &reason).await,
-                Outcome::Interrupted => return Ok(()),
+                Outcome::Failure(reason) => return self.fail(job, &reason, pending).await,
+                Outcome::Interrupted => {
+                    // The row stays as it is (ended from outside, or `PENDING` for the
+                    // next start); what the plugin said so far is kept if it still runs.
+                    return self.write(task_id, &mut pending).await;
+                }
                 Outcome::Crashed(reason) if live.retry_safe && attempt < 2 => {
-                    self.store
-                        .append_log(task_id, &format!("{reason}; running the task again"))
-                        .await?;
+                    pending.log(&format!("{reason}; running the task again"));
+                    self.write(task_id, &mut pending).await?;
                     if self
                         .wait_until_ready(&job.plugin, READY_WAIT)
                         .await
                         .is_none()
                     {
                         let reason = format!("{reason}, and it did not become ready again");
-                        return self.fail(job, &reason).await;
+                        return self.fail(job, &reason, pending).await;
+                    }
+                    match self.store.begin_attempt(task_id).await? {
+                        Some(next) => attempt = next,
+                        // Ended from outside meanwhile.
+                        None => return Ok(()),
                     }
                 }
-                Outcome::Crashed(reason) => return self.fail(job, &reason).await,
+                Outcome::Crashed(reason) => return self.fail(job, &reason, pending).await,
             }
         }
     }
 
-    async fn fail(&self, job: &Job, reason: &str) -> Result<(), StoreError> {
-        self.finish(&job.task_id, TaskStatus::Failure, Some(reason), &job.base)
-            .await
+    async fn fail(&self, job: &Job, reason: &str, pending: Pending) -> Result<(), StoreError> {
+        self.finish(
+            &job.task_id,
+            TaskStatus::Failure,
+            Some(reason),
+            &job.base,
+            pending,
+        )
+        .await
+    }
+
+    /// Writes the task's pending events, then publishes them: a follower's
+    /// snapshot (read after it subscribed) and the events it receives leave no
+    /// gap, and a file it is told of can be fetched.
+    async fn write(&self, task_id: &str, pending: &mut Pending) -> Result<(), StoreError> {
+        let (batch, events) = pending.take();
+        self.store.write(task_id, &batch).await?;
+        self.publish(task_id, events);
+        Ok(())
+    }
+
+    fn publish(&self, task_id: &str, events: Vec<LiveEvent>) {
+        for event in events {
+            self.live.publish(task_id, event);
+        }
     }
 
     /// One invocation: the event stream, persisted as it comes.
@@ -256,6 +325,7 @@ impl Runner {
         job: &Job,
         live: &LivePlugin,
         cancel: &CancellationToken,
+        pending: &mut Pending,
     ) -> Result<Outcome, StoreError> {
         let (task_id, inputs, base) = (job.task_id.as_str(), &job.inputs, &job.base);
         let mut client = live.client().max_decoding_message_size(MAX_EVENT_BYTES);
@@ -278,7 +348,12 @@ impl Runner {
         let mut open_output: Option<OpenOutput> = None;
         let mut outputs = 0i64;
         loop {
+            let write_by = pending.due();
             let message = tokio::select! {
+                () = sleep_until(write_by), if write_by.is_some() => {
+                    self.write(task_id, pending).await?;
+                    continue;
+                }
                 () = self.shutdown.cancelled() => {
                     abort(open_output.take()).await;
                     return Ok(Outcome::Interrupted);
@@ -320,14 +395,7 @@ impl Runner {
                         line.text.truncate(end);
                         line.text.push_str(" [line cut]");
                     }
-                    self.store.append_log(task_id, &line.text).await?;
-                    self.live.publish(
-                        task_id,
-                        LiveEvent {
-                            kind: "log",
-                            data: json!({"text": line.text}),
-                        },
-                    );
+                    pending.log(&line.text);
                 }
                 Event::Progress(progress) => {
                     let progress = Progress {
@@ -336,17 +404,7 @@ impl Runner {
                         target: progress.target,
                         unit: progress.unit,
                     };
-                    self.store.set_progress(task_id, &progress).await?;
-                    self.live.publish(
-                        task_id,
-                        LiveEvent {
-                            kind: "progress",
-                            data: json!({
-                                "value": progress.value, "start": progress.start,
-                                "target": progress.target, "unit": progress.unit,
-                            }),
-                        },
-                    );
+                    pending.progress(progress);
                 }
                 Event::OutputBegin(begin) => {
                     if open_output.is_some() {
@@ -399,7 +457,7 @@ impl Runner {
                             live.identifier, self.max_output_bytes
                         )));
                     }
-                    if let Err(error) = output.sink.write(&chunk.data).await {
+                    if let Err(error) = output.sink.write(chunk.data).await {
                         tracing::error!(%error, "failed to write an output file");
                         abort(open_output.take()).await;
                         return Ok(Outcome::Failure(
@@ -423,16 +481,8 @@ impl Runner {
                             ));
                         }
                     }
-                    self.store.insert_file(&record).await?;
+                    pending.output(record, base);
                     outputs += 1;
-                    self.live.publish(
-                        task_id,
-                        LiveEvent {
-                            kind: "output",
-                            data: serde_json::to_value(crate::views::output(&record, base))
-                                .unwrap_or_default(),
-                        },
-                    );
                 }
                 Event::StepRequired(step) => {
                     if step.step_id.is_empty()
@@ -444,6 +494,7 @@ impl Runner {
                         return Ok(self.protocol_error(live, "asked for a step with an invalid id"));
                     }
                     let form = crate::ui::encode_form(&step.inputs);
+                    self.write(task_id, pending).await?;
                     self.store.add_step(task_id, &step.step_id, &form).await?;
                     let view = crate::views::step_view(
                         &live.identifier,
@@ -500,7 +551,13 @@ impl Runner {
             let reason =
                 format!("plugin {plugin} was not ready when the step `{step_id}` was submitted");
             return self
-                .finish(task_id, TaskStatus::Failure, Some(&reason), base)
+                .finish(
+                    task_id,
+                    TaskStatus::Failure,
+                    Some(&reason),
+                    base,
+                    Pending::default(),
+                )
                 .await;
         };
         let request = SubmitStepRequest {
@@ -514,23 +571,33 @@ impl Runner {
                 status.message()
             );
             return self
-                .finish(task_id, TaskStatus::Failure, Some(&reason), base)
+                .finish(
+                    task_id,
+                    TaskStatus::Failure,
+                    Some(&reason),
+                    base,
+                    Pending::default(),
+                )
                 .await;
         }
         Ok(())
     }
 
-    /// Ends a task once, notifies its followers and subscribers.
+    /// Ends a task once, with its runner's last events; notifies its followers
+    /// and subscribers.
     pub(crate) async fn finish(
         &self,
         task_id: &str,
         status: TaskStatus,
         reason: Option<&str>,
         base: &BaseUrl,
+        mut pending: Pending,
     ) -> Result<(), StoreError> {
-        let Some(record) = self.store.finish(task_id, status, reason).await? else {
+        let (batch, events) = pending.take();
+        let Some(record) = self.store.finish(task_id, status, reason, &batch).await? else {
             return Ok(());
         };
+        self.publish(task_id, events);
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
         self.metrics
             .task_finished(&record.plugin, status.as_str(), seconds);
@@ -615,6 +682,81 @@ impl Runner {
             .wait_for(|table| table.ready(plugin).is_some());
         tokio::time::timeout(limit, wait).await.ok()?;
         self.directory.snapshot().ready(plugin).cloned()
+    }
+}
+
+/// A running task's events not yet written (a [`Batch`]) and not yet
+/// published, and when they must be.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    batch: Batch,
+    /// What followers of the task's event stream get once the batch is written.
+    events: Vec<LiveEvent>,
+    /// When the oldest of them arrived.
+    since: Option<tokio::time::Instant>,
+    /// Characters of log taken by this runner; past [`MAX_LOG_CHARS`] lines are dropped.
+    logged: usize,
+}
+
+impl Pending {
+    fn arrived(&mut self, event: LiveEvent) {
+        self.events.push(event);
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn log(&mut self, line: &str) {
+        if self.logged >= MAX_LOG_CHARS {
+            return;
+        }
+        self.logged += line.len() + 1;
+        self.batch.log_line(line);
+        self.arrived(LiveEvent {
+            kind: "log",
+            data: json!({"text": line}),
+        });
+    }
+
+    fn progress(&mut self, progress: Progress) {
+        let data = json!({
+            "value": progress.value, "start": progress.start,
+            "target": progress.target, "unit": progress.unit,
+        });
+        self.batch.progress = Some(progress);
+        self.arrived(LiveEvent {
+            kind: "progress",
+            data,
+        });
+    }
+
+    fn output(&mut self, record: FileRecord, base: &BaseUrl) {
+        let data = serde_json::to_value(crate::views::output(&record, base)).unwrap_or_default();
+        self.batch.outputs.push(record);
+        self.arrived(LiveEvent {
+            kind: "output",
+            data,
+        });
+    }
+
+    /// When the events must be written, if there are any.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|since| since + WRITE_EVERY)
+    }
+
+    fn take(&mut self) -> (Batch, Vec<LiveEvent>) {
+        self.since = None;
+        (
+            std::mem::take(&mut self.batch),
+            std::mem::take(&mut self.events),
+        )
+    }
+}
+
+/// Sleeps until `deadline`; forever without one (the caller's `select!`
+/// guard skips it then).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Durable task state: one schema (`migrations/`) and one set of queries, run on
 //! PostgreSQL in production and SQLite as the embedded default (sqlx `Any`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use sqlx::{
     AnyPool, Row,
@@ -9,7 +12,7 @@ use sqlx::{
 };
 
 /// Past this many characters a task's log takes no more lines.
-const MAX_LOG_CHARS: i64 = 4 * 1024 * 1024;
+pub const MAX_LOG_CHARS: usize = 4 * 1024 * 1024;
 
 /// A task's lifecycle status, as the REST contract spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +148,67 @@ pub struct Finished {
     pub finished_at: i64,
 }
 
+/// Events of a running task not yet written: the runner collects them and the
+/// store writes them together (see `tasks.md`).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// New log lines, each ended by `\n` but the last.
+    pub log: String,
+    /// The latest progress.
+    pub progress: Option<Progress>,
+    /// Finished output files (their bytes are durable already).
+    pub outputs: Vec<FileRecord>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty() && self.progress.is_none() && self.outputs.is_empty()
+    }
+
+    /// Adds a log line.
+    pub fn log_line(&mut self, line: &str) {
+        if !self.log.is_empty() {
+            self.log.push('\n');
+        }
+        self.log.push_str(line);
+    }
+
+    /// `sql` with its parameters bound: $1 the id, $2 the new log text (the
+    /// lines and `reason`), $3 the same after a line end, $4 to $7 the progress
+    /// (NULL: unchanged), $8 the time.
+    fn update<'q>(
+        &'q self,
+        sql: &'static str,
+        id: &'q str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Query<'q> {
+        let mut text = self.log.clone();
+        if let Some(reason) = reason.filter(|reason| !reason.is_empty()) {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(reason);
+        }
+        let after_line_end = if text.is_empty() {
+            String::new()
+        } else {
+            format!("\n{text}")
+        };
+        let progress = self.progress.as_ref();
+        sqlx::query(sql)
+            .bind(id)
+            .bind(text)
+            .bind(after_line_end)
+            .bind(progress.map(|progress| progress.value))
+            .bind(progress.map(|progress| progress.start))
+            .bind(progress.map(|progress| progress.target))
+            .bind(progress.map(|progress| progress.unit.clone()))
+            .bind(now)
+    }
+}
+
 /// One line of a task listing.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -175,10 +239,39 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
-/// The task store: a connection pool over PostgreSQL or SQLite.
-#[derive(Debug, Clone)]
+/// The task store: a connection pool over PostgreSQL or SQLite, and a bounded
+/// cache of finished tasks (a finished task never changes: every write to a
+/// task's row, steps or outputs requires it `PENDING`).
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    finished: Arc<FinishedTasks>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Store")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finished tasks by id, at most [`FINISHED_CACHE_BYTES`] of them (roughly).
+type FinishedTasks = quick_cache::sync::Cache<String, Arc<TaskRecord>, RecordWeight>;
+
+/// How much memory the finished-task cache may take, roughly.
+const FINISHED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A cached task's weight: about the bytes it holds.
+#[derive(Debug, Clone, Copy)]
+struct RecordWeight;
+
+impl quick_cache::Weighter<String, Arc<TaskRecord>> for RecordWeight {
+    fn weight(&self, _id: &String, task: &Arc<TaskRecord>) -> u64 {
+        let steps: usize = task.steps.iter().map(|step| step.form.len() + 64).sum();
+        (256 + task.log.len() + steps + task.outputs.len() * 256) as u64
+    }
 }
 
 impl Store {
@@ -189,7 +282,11 @@ impl Store {
         if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StoreError::UnsupportedUrl(redact(url)));
         }
-        let mut options = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 16 });
+        let mut options = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            // No ping before each use: a broken connection fails its query, which
+            // the caller sees as any other database error.
+            .test_before_acquire(false);
         if sqlite {
             options = options.after_connect(|connection, _| {
                 Box::pin(async move {
@@ -205,11 +302,18 @@ impl Store {
         }
         let pool = options.connect(url).await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            finished: Arc::new(quick_cache::sync::Cache::with_weighter(
+                16 * 1024,
+                FINISHED_CACHE_BYTES,
+                RecordWeight,
+            )),
+        })
     }
 
-    /// Inserts a new `PENDING` task and attaches the files uploaded with it, in
-    /// one transaction; committed when this returns.
+    /// Inserts a new `PENDING` task, its first attempt counted, and attaches the
+    /// files uploaded with it, in one transaction; committed when this returns.
     pub async fn create_task(
         &self,
         id: &str,
@@ -220,7 +324,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let insert = sqlx::query(
             "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
-             updated_at) VALUES ($1, $2, 'PENDING', '', $3, $4, 0, $5, $5)",
+             updated_at) VALUES ($1, $2, 'PENDING', '', $3, $4, 1, $5, $5)",
         )
         .bind(id)
         .bind(plugin)
@@ -256,25 +360,9 @@ impl Store {
             .map_err(|error: sqlx::Error| StoreError::from(error))
     }
 
-    /// Files uploaded with a task's form are created before the task: attach them.
+    /// Records a stored file (an upload, before its task exists).
     pub async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
-             size, storage_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&file.id)
-        .bind(&file.secret)
-        .bind(file.task_id.as_deref())
-        .bind(file.kind.as_str())
-        .bind(file.position)
-        .bind(file.name.as_deref())
-        .bind(&file.data_type)
-        .bind(&file.content_type)
-        .bind(file.size)
-        .bind(&file.storage_key)
-        .bind(now_millis())
-        .execute(&self.pool)
-        .await?;
+        insert_file(file).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -287,43 +375,48 @@ impl Store {
         Ok(())
     }
 
-    /// The task with its steps and outputs.
-    pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, plugin, status, log, progress_value, progress_start, progress_target, \
-             progress_unit, attempts, created_at, finished_at FROM tasks WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
+    /// The task with its steps and outputs; a finished one from the cache.
+    pub async fn task(&self, id: &str) -> Result<Option<Arc<TaskRecord>>, StoreError> {
+        if let Some(task) = self.finished.get(id) {
+            return Ok(Some(task));
+        }
+        // Three reads at once: one round trip of latency instead of three.
+        let (row, steps, outputs) = tokio::try_join!(
+            sqlx::query(
+                "SELECT id, plugin, status, log, progress_value, progress_start, progress_target, \
+                 progress_unit, attempts, created_at, finished_at FROM tasks WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool),
+            sqlx::query(
+                "SELECT step_id, form, cleared FROM task_steps WHERE task_id = $1 ORDER BY position",
+            )
+            .bind(id)
+            .fetch_all(&self.pool),
+            sqlx::query(
+                "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, \
+                 storage_key FROM files WHERE task_id = $1 AND kind = 'output' ORDER BY position",
+            )
+            .bind(id)
+            .fetch_all(&self.pool),
+        )?;
+        let Some(row) = row else {
             return Ok(None);
         };
-        let steps = sqlx::query(
-            "SELECT step_id, form, cleared FROM task_steps WHERE task_id = $1 ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|step| {
-            Ok(StepRecord {
-                step_id: step.try_get("step_id")?,
-                form: step.try_get("form")?,
-                cleared: step.try_get::<i64, _>("cleared")? != 0,
+        let steps = steps
+            .iter()
+            .map(|step| {
+                Ok(StepRecord {
+                    step_id: step.try_get("step_id")?,
+                    form: step.try_get("form")?,
+                    cleared: step.try_get::<i64, _>("cleared")? != 0,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let outputs = sqlx::query(
-            "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, storage_key \
-             FROM files WHERE task_id = $1 AND kind = 'output' ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(file_record)
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let outputs = outputs
+            .iter()
+            .map(file_record)
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let progress = match row.try_get::<Option<i64>, _>("progress_value")? {
             Some(value) => Some(Progress {
                 value,
@@ -339,7 +432,7 @@ impl Store {
             }),
             None => None,
         };
-        Ok(Some(TaskRecord {
+        let task = Arc::new(TaskRecord {
             id: row.try_get("id")?,
             plugin: row.try_get("plugin")?,
             status: TaskStatus::parse(&row.try_get::<String, _>("status")?),
@@ -350,21 +443,29 @@ impl Store {
             outputs,
             created_at: row.try_get("created_at")?,
             finished_at: row.try_get("finished_at")?,
-        }))
+        });
+        if task.finished_at.is_some() {
+            self.finished.insert(id.to_owned(), task.clone());
+        }
+        Ok(Some(task))
     }
 
     /// Counts one more start of the task; a run after the first starts afresh:
-    /// the steps and outputs of the earlier run are dropped.
-    pub async fn begin_attempt(&self, id: &str) -> Result<i64, StoreError> {
+    /// the steps and outputs of the earlier run are dropped. `None`: the task
+    /// has ended meanwhile.
+    pub async fn begin_attempt(&self, id: &str) -> Result<Option<i64>, StoreError> {
         let mut transaction = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE tasks SET attempts = attempts + 1, progress_value = NULL, updated_at = $2 \
-             WHERE id = $1 RETURNING attempts",
+             WHERE id = $1 AND status = 'PENDING' RETURNING attempts",
         )
         .bind(id)
         .bind(now_millis())
-        .fetch_one(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
         let attempts: i64 = row.try_get("attempts")?;
         if attempts > 1 {
             sqlx::query("DELETE FROM task_steps WHERE task_id = $1")
@@ -377,7 +478,7 @@ impl Store {
                 .await?;
         }
         transaction.commit().await?;
-        Ok(attempts)
+        Ok(Some(attempts))
     }
 
     /// Appends a line to the task's log.
@@ -391,24 +492,7 @@ impl Store {
         .bind(line)
         .bind(format!("\n{line}"))
         .bind(now_millis())
-        .bind(MAX_LOG_CHARS)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records the latest progress.
-    pub async fn set_progress(&self, id: &str, progress: &Progress) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tasks SET progress_value = $2, progress_start = $3, progress_target = $4, \
-             progress_unit = $5, updated_at = $6 WHERE id = $1 AND status = 'PENDING'",
-        )
-        .bind(id)
-        .bind(progress.value)
-        .bind(progress.start)
-        .bind(progress.target)
-        .bind(&progress.unit)
-        .bind(now_millis())
+        .bind(MAX_LOG_CHARS as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -418,7 +502,8 @@ impl Store {
     pub async fn add_step(&self, id: &str, step_id: &str, form: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO task_steps (task_id, position, step_id, form, cleared) \
-             SELECT $1, COUNT(*), $2, $3, 0 FROM task_steps WHERE task_id = $1",
+             SELECT $1, COUNT(*), $2, $3, 0 FROM task_steps WHERE task_id = $1 \
+             HAVING EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND status = 'PENDING')",
         )
         .bind(id)
         .bind(step_id)
@@ -431,7 +516,8 @@ impl Store {
     /// Marks the task's uncleared step `step_id` cleared; false when there is none.
     pub async fn clear_step(&self, id: &str, step_id: &str) -> Result<bool, StoreError> {
         let result = sqlx::query(
-            "UPDATE task_steps SET cleared = 1 WHERE task_id = $1 AND step_id = $2 AND cleared = 0",
+            "UPDATE task_steps SET cleared = 1 WHERE task_id = $1 AND step_id = $2 AND cleared = 0 \
+             AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND status = 'PENDING')",
         )
         .bind(id)
         .bind(step_id)
@@ -440,38 +526,84 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
-    /// Ends a task: its status and, for a failure, the reason appended to its log.
-    /// A task that already ended is left as it is; returns the task when this call
-    /// ended it.
+    /// Writes a running task's batched events: its output rows and, in the same
+    /// transaction, its new log lines and progress. A task that already ended
+    /// takes none of them.
+    pub async fn write(&self, id: &str, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let update = batch.update(
+            "UPDATE tasks SET log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
+             progress_value = COALESCE($4, progress_value), \
+             progress_start = COALESCE($5, progress_start), \
+             progress_target = COALESCE($6, progress_target), \
+             progress_unit = COALESCE($7, progress_unit), \
+             updated_at = $8 WHERE id = $1 AND status = 'PENDING'",
+            id,
+            None,
+            now_millis(),
+        );
+        if batch.outputs.is_empty() {
+            update.execute(&self.pool).await?;
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        if update.execute(&mut *transaction).await?.rows_affected() == 0 {
+            return Ok(());
+        }
+        for output in &batch.outputs {
+            insert_file(output).execute(&mut *transaction).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a task: its status, its last batched events and, for a failure, the
+    /// reason appended to its log, in one transaction. A task that already ended
+    /// is left as it is; returns the task when this call ended it.
     pub async fn finish(
         &self,
         id: &str,
         status: TaskStatus,
         reason: Option<&str>,
+        batch: &Batch,
     ) -> Result<Option<Finished>, StoreError> {
         let now = now_millis();
-        let row = sqlx::query(
-            "UPDATE tasks SET status = $2, \
-             log = CASE WHEN $3 = '' THEN log WHEN log = '' THEN $3 ELSE log || $4 END, \
-             updated_at = $5, finished_at = $5 WHERE id = $1 AND status = 'PENDING' \
+        let update = batch.update(
+            "UPDATE tasks SET status = $9, \
+             log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
+             progress_value = COALESCE($4, progress_value), \
+             progress_start = COALESCE($5, progress_start), \
+             progress_target = COALESCE($6, progress_target), \
+             progress_unit = COALESCE($7, progress_unit), \
+             updated_at = $8, finished_at = $8 WHERE id = $1 AND status = 'PENDING' \
              RETURNING plugin, created_at",
-        )
-        .bind(id)
-        .bind(status.as_str())
-        .bind(reason.unwrap_or(""))
-        .bind(format!("\n{}", reason.unwrap_or("")))
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
+            id,
+            reason,
+            now,
+        );
+        let update = update.bind(status.as_str());
+        let finished = |row: AnyRow| -> Result<Finished, StoreError> {
             Ok(Finished {
                 plugin: row.try_get("plugin")?,
                 created_at: row.try_get("created_at")?,
                 finished_at: now,
             })
-        })
-        .transpose()
-        .map_err(|error: sqlx::Error| StoreError::from(error))
+        };
+        if batch.outputs.is_empty() {
+            let row = update.fetch_optional(&self.pool).await?;
+            return row.map(finished).transpose();
+        }
+        let mut transaction = self.pool.begin().await?;
+        let Some(row) = update.fetch_optional(&mut *transaction).await? else {
+            return Ok(None);
+        };
+        for output in &batch.outputs {
+            insert_file(output).execute(&mut *transaction).await?;
+        }
+        transaction.commit().await?;
+        finished(row).map(Some)
     }
 
     /// Id, plugin and base URL of the tasks that have not ended, oldest first.
@@ -576,6 +708,26 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn insert_file(file: &FileRecord) -> Query<'_> {
+    sqlx::query(
+        "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
+         size, storage_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&file.id)
+    .bind(&file.secret)
+    .bind(file.task_id.as_deref())
+    .bind(file.kind.as_str())
+    .bind(file.position)
+    .bind(file.name.as_deref())
+    .bind(&file.data_type)
+    .bind(&file.content_type)
+    .bind(file.size)
+    .bind(&file.storage_key)
+    .bind(now_millis())
 }
 
 fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {

@@ -193,7 +193,7 @@ async fn read_multipart(
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    if let Err(error) = sink.write(&chunk).await {
+                    if let Err(error) = sink.write(chunk).await {
                         sink.abort().await;
                         return Err(error.into());
                     }

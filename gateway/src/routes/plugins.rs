@@ -182,6 +182,7 @@ pub(crate) async fn process(
         plugin: live.identifier.clone(),
         inputs: values,
         base: base.clone(),
+        fresh: true,
     };
     let task_url = base.absolute(&format!("/tasks/{}/", job.task_id));
     let base_url = base.absolute("");

@@ -28,7 +28,7 @@ use crate::{
     views,
 };
 
-async fn task(state: &AppState, task_id: &str) -> Result<TaskRecord, ApiError> {
+async fn task(state: &AppState, task_id: &str) -> Result<std::sync::Arc<TaskRecord>, ApiError> {
     if !ids::looks_like_id(task_id) {
         return Err(ApiError::NotFound("Task not found.".into()));
     }
