@@ -316,7 +316,29 @@ async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
                 say!("{}", json!({"event": name, "data": data}));
             } else {
                 match name.as_str() {
-                    "snapshot" => say!("status: {}", text(&data["status"])),
+                    // What the task did before we followed it, then its status.
+                    "snapshot" => {
+                        for line in text(&data["log"]).lines() {
+                            say!("log: {line}");
+                        }
+                        for output in data["outputs"].as_array().into_iter().flatten() {
+                            say!(
+                                "output: {} {}",
+                                text(&output["name"]),
+                                text(&output["href"])
+                            );
+                        }
+                        for step in data["steps"].as_array().into_iter().flatten() {
+                            if step["cleared"] == false {
+                                say!(
+                                    "step: {} waits for input at {}",
+                                    text(&step["stepId"]),
+                                    text(&step["uiHref"])
+                                );
+                            }
+                        }
+                        say!("status: {}", text(&data["status"]));
+                    }
                     "log" => say!("log: {}", text(&data["text"])),
                     "progress" => say!(
                         "progress: {} of {} {}",

@@ -451,10 +451,10 @@ impl Report {
             out,
             "- *Direct invoke:* hello-world's `Invoke` over gRPC from the benchmark, no \
              gateway, read to its `Result`.\n\
-             - *Store floor:* the least a task must commit, on the gateway's schema: the task \
-             row (committed before the client gets its URL), then one transaction with its \
-             output's row and its final status and log. A pool as the gateway's \
-             (16 connections on PostgreSQL, 4 on SQLite).\n\
+             - *Store floor:* the least a task must make durable, on the gateway's schema: \
+             the task row (committed before the client gets its URL), then one transaction \
+             with the output (its 12 bytes in the file's row) and the task's final status \
+             and log. A pool as the gateway's (16 connections on PostgreSQL, 4 on SQLite).\n\
              - *Ratio:* end to end (event stream) ÷ (direct invoke + store floor): p50 at \
              concurrency 1, and time per task (1 / throughput) in parallel.\n"
         );

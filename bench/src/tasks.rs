@@ -180,9 +180,10 @@ async fn invoke_once(
     bail!("hello-world ended without a result")
 }
 
-/// The least the store must commit for one hello-world task: the task row
-/// before the client gets its URL, then (one transaction) its output file's
-/// row and its final status and log. The schema is the gateway's.
+/// The least the store must make durable for one hello-world task: the task
+/// row before the client gets its URL, then, in one transaction, its output
+/// (12 bytes, in the file's row) and its final status and log. The schema is
+/// the gateway's.
 pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Result<Run> {
     // The gateway's own connect makes the schema.
     corral_gateway::store::Store::connect(database_url).await?;
@@ -234,14 +235,14 @@ async fn store_one(pool: AnyPool) -> Result<AnyPool> {
     let mut transaction = pool.begin().await?;
     sqlx::query(
         "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
-         size, storage_key, created_at) VALUES ($1, $2, $3, 'output', 0, 'out.txt', \
-         'custom/hello-world-output', 'text/plain', 12, $4, $5)",
+         size, storage_key, created_at, content) VALUES ($1, $2, $3, 'output', 0, 'out.txt', \
+         'custom/hello-world-output', 'text/plain', 12, '', $4, $5)",
     )
     .bind(format!("{:032x}", rand::random::<u128>()))
     .bind(format!("{:032x}", rand::random::<u128>()))
     .bind(&id)
-    .bind(format!("{:032x}", rand::random::<u128>()))
     .bind(now)
+    .bind(b"hello output".to_vec())
     .execute(&mut *transaction)
     .await?;
     sqlx::query(

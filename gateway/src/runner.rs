@@ -428,20 +428,13 @@ impl Runner {
                             begin.content_type
                         },
                         size: 0,
-                        storage_key: crate::ids::random_id(),
-                    };
-                    let sink = match self.files.create(&record.storage_key).await {
-                        Ok(sink) => sink,
-                        Err(error) => {
-                            tracing::error!(%error, "failed to create an output file");
-                            return Ok(Outcome::Failure(
-                                "the gateway could not store an output file".into(),
-                            ));
-                        }
+                        storage_key: String::new(),
+                        inline: None,
                     };
                     open_output = Some(OpenOutput {
                         record,
-                        sink,
+                        small: Vec::new(),
+                        sink: None,
                         size: 0,
                     });
                 }
@@ -457,7 +450,7 @@ impl Runner {
                             live.identifier, self.max_output_bytes
                         )));
                     }
-                    if let Err(error) = output.sink.write(chunk.data).await {
+                    if let Err(error) = output.write(&*self.files, chunk.data).await {
                         tracing::error!(%error, "failed to write an output file");
                         abort(open_output.take()).await;
                         return Ok(Outcome::Failure(
@@ -466,21 +459,18 @@ impl Runner {
                     }
                 }
                 Event::OutputEnd(_) => {
-                    let Some(OpenOutput {
-                        mut record, sink, ..
-                    }) = open_output.take()
-                    else {
+                    let Some(output) = open_output.take() else {
                         return Ok(self.protocol_error(live, "ended an output it had not begun"));
                     };
-                    match sink.finish().await {
-                        Ok(size) => record.size = i64::try_from(size).unwrap_or(i64::MAX),
+                    let record = match output.finish().await {
+                        Ok(record) => record,
                         Err(error) => {
                             tracing::error!(%error, "failed to finish an output file");
                             return Ok(Outcome::Failure(
                                 "the gateway could not store an output file".into(),
                             ));
                         }
-                    }
+                    };
                     pending.output(record, base);
                     outputs += 1;
                 }
@@ -760,14 +750,57 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Outputs up to this size are kept in their database row, written with the
+/// task's next batch: no file of their own, and no sync of one.
+const INLINE_OUTPUT: usize = 64 * 1024;
+
+/// The output being received: in memory while small, then in the file store.
 struct OpenOutput {
     record: FileRecord,
-    sink: Box<dyn FileSink>,
+    small: Vec<u8>,
+    sink: Option<Box<dyn FileSink>>,
     size: u64,
 }
 
+impl OpenOutput {
+    async fn write(&mut self, files: &dyn FileStore, bytes: bytes::Bytes) -> std::io::Result<()> {
+        if let Some(sink) = &mut self.sink {
+            return sink.write(bytes).await;
+        }
+        if self.small.len() + bytes.len() <= INLINE_OUTPUT {
+            self.small.extend_from_slice(&bytes);
+            return Ok(());
+        }
+        self.record.storage_key = crate::ids::random_id();
+        let mut sink = files.create(&self.record.storage_key).await?;
+        let small = std::mem::take(&mut self.small);
+        let written = async {
+            sink.write(small.into()).await?;
+            sink.write(bytes).await
+        }
+        .await;
+        self.sink = Some(sink);
+        written
+    }
+
+    /// The file's record, its bytes durable (in the file store) or inline.
+    async fn finish(mut self) -> std::io::Result<FileRecord> {
+        self.record.size = i64::try_from(self.size).unwrap_or(i64::MAX);
+        match self.sink {
+            Some(sink) => {
+                sink.finish().await?;
+            }
+            None => self.record.inline = Some(self.small.into()),
+        }
+        Ok(self.record)
+    }
+}
+
 async fn abort(output: Option<OpenOutput>) {
-    if let Some(output) = output {
-        output.sink.abort().await;
+    if let Some(OpenOutput {
+        sink: Some(sink), ..
+    }) = output
+    {
+        sink.abort().await;
     }
 }

@@ -90,8 +90,10 @@ pub struct FileRecord {
     pub content_type: String,
     /// Bytes.
     pub size: i64,
-    /// Where the file store keeps it.
+    /// Where the file store keeps it; empty when the bytes are `inline`.
     pub storage_key: String,
+    /// The bytes of a small file, kept in its row (read only by [`Store::file`]).
+    pub inline: Option<bytes::Bytes>,
 }
 
 /// What a stored file is.
@@ -648,16 +650,23 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// A stored file by its public id.
+    /// A stored file by its public id, with its bytes if they are inline.
     pub async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, storage_key \
-             FROM files WHERE id = $1",
+            "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, \
+             storage_key, content FROM files WHERE id = $1",
         )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(file_record).transpose()?)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut file = file_record(&row)?;
+        file.inline = row
+            .try_get::<Option<Vec<u8>>, _>("content")?
+            .map(bytes::Bytes::from);
+        Ok(Some(file))
     }
 
     /// Adds a webhook subscription; a duplicate is ignored. `event` is `""` for all.
@@ -715,7 +724,8 @@ type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 fn insert_file(file: &FileRecord) -> Query<'_> {
     sqlx::query(
         "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
-         size, storage_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         size, storage_key, created_at, content) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&file.id)
     .bind(&file.secret)
@@ -728,6 +738,7 @@ fn insert_file(file: &FileRecord) -> Query<'_> {
     .bind(file.size)
     .bind(&file.storage_key)
     .bind(now_millis())
+    .bind(file.inline.as_deref().map(<[u8]>::to_vec))
 }
 
 fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
@@ -746,6 +757,7 @@ fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
         content_type: row.try_get("content_type")?,
         size: row.try_get("size")?,
         storage_key: row.try_get("storage_key")?,
+        inline: None,
     })
 }
 

@@ -188,6 +188,7 @@ async fn read_multipart(
             content_type,
             size: 0,
             storage_key: random_id(),
+            inline: None,
         };
         let mut sink = state.runner.files.create(&record.storage_key).await?;
         loop {

@@ -42,9 +42,13 @@ pub(crate) async fn download(
     if !bool::from(file.secret.as_bytes().ct_eq(secret.as_bytes())) {
         return Err(not_found());
     }
-    let reader = state.runner.files.open(&file.storage_key).await?;
-    let mut response =
-        Body::from_stream(ReaderStream::with_capacity(reader, 256 * 1024)).into_response();
+    let mut response = match file.inline {
+        Some(bytes) => Body::from(bytes).into_response(),
+        None => {
+            let reader = state.runner.files.open(&file.storage_key).await?;
+            Body::from_stream(ReaderStream::with_capacity(reader, 256 * 1024)).into_response()
+        }
+    };
     let headers = response.headers_mut();
     if let Ok(content_type) = HeaderValue::from_str(&file.content_type) {
         headers.insert(header::CONTENT_TYPE, content_type);
