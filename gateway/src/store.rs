@@ -131,7 +131,7 @@ pub struct TaskRecord {
     pub attempts: i64,
     /// Steps in order.
     pub steps: Vec<StepRecord>,
-    /// Output files in order.
+    /// Output files in order; read only once the task has finished.
     pub outputs: Vec<FileRecord>,
     /// Unix milliseconds.
     pub created_at: i64,
@@ -382,8 +382,9 @@ impl Store {
         if let Some(task) = self.finished.get(id) {
             return Ok(Some(task));
         }
-        // Three reads at once: one round trip of latency instead of three.
-        let (row, steps, outputs) = tokio::try_join!(
+        // The row and its steps at once; outputs only show once the task has
+        // finished (the contract's `outputs` is `[]` before), so only then.
+        let (row, steps) = tokio::try_join!(
             sqlx::query(
                 "SELECT id, plugin, status, log, progress_value, progress_start, progress_target, \
                  progress_unit, attempts, created_at, finished_at FROM tasks WHERE id = $1",
@@ -395,15 +396,21 @@ impl Store {
             )
             .bind(id)
             .fetch_all(&self.pool),
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let finished_at: Option<i64> = row.try_get("finished_at")?;
+        let outputs = if finished_at.is_some() {
             sqlx::query(
                 "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, \
                  storage_key FROM files WHERE task_id = $1 AND kind = 'output' ORDER BY position",
             )
             .bind(id)
-            .fetch_all(&self.pool),
-        )?;
-        let Some(row) = row else {
-            return Ok(None);
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
         };
         let steps = steps
             .iter()
@@ -444,7 +451,7 @@ impl Store {
             steps,
             outputs,
             created_at: row.try_get("created_at")?,
-            finished_at: row.try_get("finished_at")?,
+            finished_at,
         });
         if task.finished_at.is_some() {
             self.finished.insert(id.to_owned(), task.clone());
