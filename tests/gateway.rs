@@ -35,6 +35,7 @@ on_both_databases!(
     a_plugin_killed_mid_task_fails_the_task_with_the_reason,
     a_gateway_killed_mid_task_ends_the_task_when_it_comes_back,
     hundred_concurrent_tasks_all_succeed,
+    small_outputs_live_in_the_database_and_large_ones_in_the_file_store,
 );
 
 const HELLO: &str = "hello-world@v0-2-1";
@@ -881,5 +882,48 @@ async fn metrics_move_when_a_task_runs_and_a_plugin_restarts() {
         }
         assert!(std::time::Instant::now() < deadline, "restart not counted");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// An output up to 64 KiB is kept in its row; a larger one streams to the file
+/// store. Both download whole, byte for byte.
+async fn small_outputs_live_in_the_database_and_large_ones_in_the_file_store(db: Db) {
+    let database = TestDatabase::new(db).await;
+    let folders = common::PluginFolders::new();
+    folders.add(
+        "bulk",
+        &format!(
+            "command = {:?}\n",
+            common::built("examples/bulk").display().to_string()
+        ),
+    );
+    let corral = Corral::serve(&database, &[folders.path()]);
+    corral.wait_for_plugins(&["bulk@v1-0-0"]).await;
+    let stored_files = || {
+        std::fs::read_dir(database.data_dir.path().join("files"))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
+    for (size, files_after) in [(100usize, 0), (3 * 1024 * 1024 + 5, 1)] {
+        let size_text = size.to_string();
+        let task_url = corral.submit("bulk@v1-0-0", &[("size", &size_text)]).await;
+        let status = corral.finished(&task_url).await;
+        assert_eq!(status["status"], "SUCCESS", "{status}");
+        let href = status["outputs"][0]["href"].as_str().unwrap();
+        let download = corral.client.get(href).send().await.unwrap();
+        assert_eq!(download.status().as_u16(), 200);
+        assert_eq!(
+            download.headers()["content-length"],
+            size_text.as_str(),
+            "size {size}"
+        );
+        let bytes = download.bytes().await.unwrap();
+        assert_eq!(bytes.len(), size);
+        assert!(bytes.iter().all(|&byte| byte == b'x'), "size {size}");
+        assert_eq!(
+            stored_files(),
+            files_after,
+            "files on disk after size {size}"
+        );
     }
 }

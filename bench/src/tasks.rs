@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use corral_proto::plugin::v1::{InvokeRequest, invoke_event::Event, plugin_client::PluginClient};
 use futures::future::try_join_all;
 use hyper::StatusCode;
-use sqlx::{AnyPool, any::AnyPoolOptions};
+use sqlx::AnyPool;
 use tonic::transport::Channel;
 
 use crate::{
@@ -185,9 +185,9 @@ async fn invoke_once(
 /// (12 bytes, in the file's row) and its final status and log. The schema is
 /// the gateway's.
 pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Result<Run> {
-    // The gateway's own connect makes the schema.
-    corral_gateway::store::Store::connect(database_url).await?;
-    let pool = pool(database_url).await?;
+    // The gateway's own store: its schema, pool size and settings.
+    let store = corral_gateway::store::Store::connect(database_url).await?;
+    let pool = store.pool().clone();
     let open = move || {
         let pool = pool.clone();
         async move { Ok(pool) }
@@ -195,29 +195,6 @@ pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Re
     let job = |pool, _| store_one(pool);
     drive(WARM_UP.min(n), concurrency, open.clone(), job).await?;
     drive(n, concurrency, open, job).await
-}
-
-/// A pool as the gateway makes one (size, SQLite settings).
-async fn pool(url: &str) -> Result<AnyPool> {
-    sqlx::any::install_default_drivers();
-    let sqlite = url.starts_with("sqlite:");
-    let mut options = AnyPoolOptions::new()
-        .max_connections(if sqlite { 4 } else { 16 })
-        .test_before_acquire(false);
-    if sqlite {
-        options = options.after_connect(|connection, _| {
-            Box::pin(async move {
-                sqlx::raw_sql(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                )
-                .execute(connection)
-                .await?;
-                Ok(())
-            })
-        });
-    }
-    Ok(options.connect(url).await?)
 }
 
 async fn store_one(pool: AnyPool) -> Result<AnyPool> {

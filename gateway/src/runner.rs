@@ -103,15 +103,7 @@ impl Runner {
             if let Err(error) = runner.run(&job, &cancel).await {
                 tracing::error!(task = %job.task_id, %error, "task runner failed");
                 let reason = "the gateway could not record the task's progress";
-                let _ = runner
-                    .finish(
-                        &job.task_id,
-                        TaskStatus::Failure,
-                        Some(reason),
-                        &job.base,
-                        Pending::default(),
-                    )
-                    .await;
+                let _ = runner.end_failed(&job.task_id, reason, &job.base).await;
             }
             runner.lock_running().remove(&job.task_id);
             runner.metrics.task_ended();
@@ -152,16 +144,8 @@ impl Runner {
             .collect();
         for (task_id, base) in remaining {
             let reason = "the gateway shut down before the task finished";
-            let ended = tokio::time::timeout(
-                FINISH_AT_SHUTDOWN,
-                self.finish(
-                    &task_id,
-                    TaskStatus::Failure,
-                    Some(reason),
-                    &base,
-                    Pending::default(),
-                ),
-            );
+            let ended =
+                tokio::time::timeout(FINISH_AT_SHUTDOWN, self.end_failed(&task_id, reason, &base));
             match ended.await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -198,29 +182,13 @@ impl Runner {
                     let reason = format!(
                         "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
                     );
-                    let _ = runner
-                        .finish(
-                            &task_id,
-                            TaskStatus::Failure,
-                            Some(&reason),
-                            &base,
-                            Pending::default(),
-                        )
-                        .await;
+                    let _ = runner.end_failed(&task_id, &reason, &base).await;
                     return;
                 };
                 if !live.retry_safe {
                     let reason = "the gateway restarted while the task was running; \
                                   the plugin's tasks are not safe to run again";
-                    let _ = runner
-                        .finish(
-                            &task_id,
-                            TaskStatus::Failure,
-                            Some(reason),
-                            &base,
-                            Pending::default(),
-                        )
-                        .await;
+                    let _ = runner.end_failed(&task_id, reason, &base).await;
                     return;
                 }
                 let inputs = match runner.store.task_inputs(&task_id).await {
@@ -540,15 +508,7 @@ impl Runner {
         let Some(live) = self.wait_until_ready(plugin, STEP_READY_WAIT).await else {
             let reason =
                 format!("plugin {plugin} was not ready when the step `{step_id}` was submitted");
-            return self
-                .finish(
-                    task_id,
-                    TaskStatus::Failure,
-                    Some(&reason),
-                    base,
-                    Pending::default(),
-                )
-                .await;
+            return self.end_failed(task_id, &reason, base).await;
         };
         let request = SubmitStepRequest {
             task_id: task_id.to_owned(),
@@ -560,17 +520,27 @@ impl Runner {
                 "plugin {plugin} did not accept the input of step `{step_id}`: {}",
                 status.message()
             );
-            return self
-                .finish(
-                    task_id,
-                    TaskStatus::Failure,
-                    Some(&reason),
-                    base,
-                    Pending::default(),
-                )
-                .await;
+            return self.end_failed(task_id, &reason, base).await;
         }
         Ok(())
+    }
+
+    /// Ends a task `FAILURE` from outside its runner (none, or one that is
+    /// being stopped): no events of a runner go with it.
+    pub(crate) async fn end_failed(
+        &self,
+        task_id: &str,
+        reason: &str,
+        base: &BaseUrl,
+    ) -> Result<(), StoreError> {
+        self.finish(
+            task_id,
+            TaskStatus::Failure,
+            Some(reason),
+            base,
+            Pending::default(),
+        )
+        .await
     }
 
     /// Ends a task once, with its runner's last events; notifies its followers

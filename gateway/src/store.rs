@@ -314,6 +314,12 @@ impl Store {
         })
     }
 
+    /// The connection pool, for tools that measure the database under the
+    /// gateway's own settings (the benchmark's store floor).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Inserts a new `PENDING` task, its first attempt counted, and attaches the
     /// files uploaded with it, in one transaction; committed when this returns.
     pub async fn create_task(
