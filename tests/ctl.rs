@@ -180,12 +180,7 @@ async fn tasks_and_a_task_followed_to_its_end() {
         .submit("hello-world@v0-2-1", &[("inputStr", "my input")])
         .await;
     corral.finished(&task_url).await;
-    let task_id = task_url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let task_id = common::serve::task_id(&task_url);
 
     let shown = ctl.ok(&["task", &task_id]);
     assert!(shown.starts_with("status: SUCCESS\n"), "{shown}");
@@ -222,12 +217,7 @@ async fn tasks_and_a_task_followed_to_its_end() {
     let task_url = corral
         .submit("hello-world-multi-step@v0-2-1", &[("inputStr", "followed")])
         .await;
-    let task_id = task_url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let task_id = common::serve::task_id(&task_url);
     let follower = ctl
         .command(&["task", &task_id, "--follow"])
         .stdout(Stdio::piped())

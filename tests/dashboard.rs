@@ -182,12 +182,7 @@ async fn the_dashboard_shows_plugins_and_a_click_restarts_one() {
         .submit("hello-world@v0-2-1", &[("inputStr", "shown")])
         .await;
     corral.finished(&task_url).await;
-    let task_id = task_url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let task_id = common::serve::task_id(&task_url);
 
     let driver = Driver::start().await;
     driver.open(&corral.url("/dashboard/")).await;

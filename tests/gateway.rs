@@ -99,7 +99,7 @@ async fn multi_step_outputs_progress_and_event_stream(db: Db) {
     assert_eq!(status["outputs"], json!([]));
     assert_eq!(step["stepId"], "demo-step");
     assert_eq!(step["cleared"], false);
-    let task_id = task_url.trim_end_matches('/').rsplit('/').next().unwrap();
+    let task_id = common::serve::task_id(&task_url);
     assert_eq!(
         step["href"],
         corral.url(&format!("/plugins/{MULTI}/{task_id}/demo-step-process/"))

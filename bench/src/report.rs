@@ -97,6 +97,12 @@ pub async fn postgres_version(url: &str) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// A Markdown table's header row and its separator.
+fn table_head(out: &mut String, header: &str) {
+    let columns = header.matches('|').count().saturating_sub(1);
+    let _ = writeln!(out, "{header}\n|{}", "---|".repeat(columns));
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -241,8 +247,7 @@ impl Report {
 
     fn goals(&self, out: &mut String) {
         let _ = writeln!(out, "## Goals\n");
-        let _ = writeln!(out, "| goal | target | measured | met | old runner |");
-        let _ = writeln!(out, "|---|---|---|---|---|");
+        table_head(out, "| goal | target | measured | met | old runner |");
         let mut goal = |name: &str, target: &str, measured: Option<(String, bool)>, old: &str| {
             let (value, met) = match measured {
                 Some((value, met)) => (value, if met { "yes" } else { "**no**" }),
@@ -421,11 +426,10 @@ impl Report {
              is read after the rounds.\n",
             self.sizes.tasks_c1, self.sizes.tasks_polling_c1, self.sizes.tasks_parallel
         );
-        let _ = writeln!(
+        table_head(
             out,
-            "| database | client | concurrency | tasks/s | p50 ms | p99 ms | gateway RSS |"
+            "| database | client | concurrency | tasks/s | p50 ms | p99 ms | gateway RSS |",
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         for row in &self.end_to_end {
             let _ = writeln!(
                 out,
@@ -458,12 +462,13 @@ impl Report {
              - *Ratio:* end to end (event stream) ÷ (direct invoke + store floor): p50 at \
              concurrency 1, and time per task (1 / throughput) in parallel.\n"
         );
-        let _ = writeln!(
+        table_head(
             out,
-            "| database | invoke p50 | invoke p99 | invoke/s (c={0}) | store p50 | store tasks/s (c={0}) | ratio c=1 | ratio c={0} |",
-            self.parallel()
+            &format!(
+                "| database | invoke p50 | invoke p99 | invoke/s (c={0}) | store p50 | store tasks/s (c={0}) | ratio c=1 | ratio c={0} |",
+                self.parallel()
+            ),
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
         for floor in &self.floors {
             let (latency, throughput) = self
                 .ratios(floor.db)
@@ -496,11 +501,10 @@ impl Report {
             self.sizes.read_for.as_secs_f64(),
             self.sizes.read_for.as_secs_f64() / 2.0
         );
-        let _ = writeln!(
+        table_head(
             out,
-            "| database | request | req/s (c=64) | p50 | p99 | p50 (c=1) | p99 (c=1) |"
+            "| database | request | req/s (c=64) | p50 | p99 | p50 (c=1) | p99 (c=1) |",
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         for (db, rows) in &self.reads {
             for row in rows {
                 let _ = writeln!(
@@ -531,11 +535,10 @@ impl Report {
              again, with a backoff of 0.\n",
             self.sizes.lifecycle_runs
         );
-        let _ = writeln!(
+        table_head(
             out,
-            "| plugin | start p50 | start min–max | kill p50 | kill min–max |"
+            "| plugin | start p50 | start min–max | kill p50 | kill min–max |",
         );
-        let _ = writeln!(out, "|---|---|---|---|---|");
         for (label, measured) in &self.lifecycle {
             let (mut start, mut kill) = (measured.start.clone(), measured.kill.clone());
             let _ = writeln!(
@@ -564,11 +567,10 @@ impl Report {
              it. MB are 10^6 bytes.\n",
             mib(streaming.bytes)
         );
-        let _ = writeln!(
+        table_head(
             out,
-            "| plugin → file store | file store → client | gateway RSS before | gateway peak RSS | growth |"
+            "| plugin → file store | file store → client | gateway RSS before | gateway peak RSS | growth |",
         );
-        let _ = writeln!(out, "|---|---|---|---|---|");
         let _ = writeln!(
             out,
             "| {:.0} MB/s | {:.0} MB/s | {} | {} | {} |\n",
@@ -591,8 +593,7 @@ impl Report {
              {:.1} s after all are ready:\n",
             self.sizes.idle_window.as_secs_f64()
         );
-        let _ = writeln!(out, "| plugins | supervisor RSS | supervisor idle CPU |");
-        let _ = writeln!(out, "|---|---|---|");
+        table_head(out, "| plugins | supervisor RSS | supervisor idle CPU |");
         for idle in &growth.idle {
             let _ = writeln!(
                 out,
@@ -617,11 +618,10 @@ impl Report {
              seen them). *Hot*: one task at concurrency 64.\n",
             self.sizes.status_samples
         );
-        let _ = writeln!(
+        table_head(
             out,
-            "| finished tasks stored | first read p50 | first read p99 | hot req/s | hot p99 |"
+            "| finished tasks stored | first read p50 | first read p99 | hot req/s | hot p99 |",
         );
-        let _ = writeln!(out, "|---|---|---|---|---|");
         for status in &growth.status {
             let _ = writeln!(
                 out,

@@ -150,6 +150,17 @@ pub struct Finished {
     pub finished_at: i64,
 }
 
+/// The columns a [`Batch`] sets, with [`Batch::update`]'s parameters.
+macro_rules! batch_columns {
+    () => {
+        "log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
+         progress_value = COALESCE($4, progress_value), \
+         progress_start = COALESCE($5, progress_start), \
+         progress_target = COALESCE($6, progress_target), \
+         progress_unit = COALESCE($7, progress_unit), updated_at = $8"
+    };
+}
+
 /// Events of a running task not yet written: the runner collects them and the
 /// store writes them together (see `tasks.md`).
 #[derive(Debug, Clone, Default)]
@@ -549,12 +560,11 @@ impl Store {
             return Ok(());
         }
         let update = batch.update(
-            "UPDATE tasks SET log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
-             progress_value = COALESCE($4, progress_value), \
-             progress_start = COALESCE($5, progress_start), \
-             progress_target = COALESCE($6, progress_target), \
-             progress_unit = COALESCE($7, progress_unit), \
-             updated_at = $8 WHERE id = $1 AND status = 'PENDING'",
+            concat!(
+                "UPDATE tasks SET ",
+                batch_columns!(),
+                " WHERE id = $1 AND status = 'PENDING'"
+            ),
             id,
             None,
             now_millis(),
@@ -586,14 +596,11 @@ impl Store {
     ) -> Result<Option<Finished>, StoreError> {
         let now = now_millis();
         let update = batch.update(
-            "UPDATE tasks SET status = $9, \
-             log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
-             progress_value = COALESCE($4, progress_value), \
-             progress_start = COALESCE($5, progress_start), \
-             progress_target = COALESCE($6, progress_target), \
-             progress_unit = COALESCE($7, progress_unit), \
-             updated_at = $8, finished_at = $8 WHERE id = $1 AND status = 'PENDING' \
-             RETURNING plugin, created_at",
+            concat!(
+                "UPDATE tasks SET status = $9, finished_at = $8, ",
+                batch_columns!(),
+                " WHERE id = $1 AND status = 'PENDING' RETURNING plugin, created_at"
+            ),
             id,
             reason,
             now,

@@ -27,6 +27,16 @@ fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The id at the end of a task URL (`…/tasks/<id>/`).
+pub fn task_id(task_url: &str) -> String {
+    task_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// A database of one test; dropped with it.
 pub struct TestDatabase {
     pub url: Option<String>,
