@@ -455,10 +455,11 @@ impl Report {
             out,
             "- *Direct invoke:* hello-world's `Invoke` over gRPC from the benchmark, no \
              gateway, read to its `Result`.\n\
-             - *Store floor:* the least a task must make durable, on the gateway's schema: \
-             the task row (committed before the client gets its URL), then one transaction \
-             with the output (its 12 bytes in the file's row) and the task's final status \
-             and log. A pool as the gateway's (16 connections on PostgreSQL, 4 on SQLite).\n\
+             - *Store floor:* the least a task must make durable, written by the gateway's \
+             own `Store` with nothing around it: the task row (committed before the client \
+             gets its URL), then the task's end with its log line and its output (12 bytes, \
+             kept in the file's row): one statement on PostgreSQL, one transaction on \
+             SQLite.\n\
              - *Ratio:* end to end (event stream) ÷ (direct invoke + store floor): p50 at \
              concurrency 1, and time per task (1 / throughput) in parallel.\n"
         );

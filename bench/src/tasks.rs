@@ -11,10 +11,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use corral_gateway::store::{Batch, FileKind, FileRecord, Store, TaskStatus};
 use corral_proto::plugin::v1::{InvokeRequest, invoke_event::Event, plugin_client::PluginClient};
 use futures::future::try_join_all;
 use hyper::StatusCode;
-use sqlx::AnyPool;
 use tonic::transport::Channel;
 
 use crate::{
@@ -180,57 +181,51 @@ async fn invoke_once(
     bail!("hello-world ended without a result")
 }
 
-/// The least the store must make durable for one hello-world task: the task
-/// row before the client gets its URL, then, in one transaction, its output
-/// (12 bytes, in the file's row) and its final status and log. The schema is
-/// the gateway's.
+/// The least the store must make durable for one hello-world task, written
+/// by the gateway's own `Store` (its schema, pool and statements) with nothing
+/// around it: the task row before the client gets its URL, then the task's end
+/// with its log line and its output (12 bytes, in the file's row) at once.
 pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Result<Run> {
-    // The gateway's own store: its schema, pool size and settings.
-    let store = corral_gateway::store::Store::connect(database_url).await?;
-    let pool = store.pool().clone();
+    let store = Store::connect(database_url).await?;
     let open = move || {
-        let pool = pool.clone();
-        async move { Ok(pool) }
+        let store = store.clone();
+        async move { Ok(store) }
     };
-    let job = |pool, _| store_one(pool);
+    let job = |store, _| store_one(store);
     drive(WARM_UP.min(n), concurrency, open.clone(), job).await?;
     drive(n, concurrency, open, job).await
 }
 
-async fn store_one(pool: AnyPool) -> Result<AnyPool> {
-    let id = format!("{:032x}", rand::random::<u128>());
-    let now = corral_gateway::store::now_millis();
-    sqlx::query(
-        "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
-         updated_at) VALUES ($1, 'hello-world@v0-2-1', 'PENDING', '', $2, 'http://127.0.0.1', 1, $3, $3)",
-    )
-    .bind(&id)
-    .bind(r#"{"inputStr":"hello input"}"#)
-    .bind(now)
-    .execute(&pool)
-    .await?;
-    let mut transaction = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
-         size, storage_key, created_at, content) VALUES ($1, $2, $3, 'output', 0, 'out.txt', \
-         'custom/hello-world-output', 'text/plain', 12, '', $4, $5)",
-    )
-    .bind(format!("{:032x}", rand::random::<u128>()))
-    .bind(format!("{:032x}", rand::random::<u128>()))
-    .bind(&id)
-    .bind(now)
-    .bind(b"hello output".to_vec())
-    .execute(&mut *transaction)
-    .await?;
-    sqlx::query(
-        "UPDATE tasks SET status = 'SUCCESS', log = $2, updated_at = $3, finished_at = $3 \
-         WHERE id = $1",
-    )
-    .bind(&id)
-    .bind("result: 'hello output'")
-    .bind(now)
-    .execute(&mut *transaction)
-    .await?;
-    transaction.commit().await?;
-    Ok(pool)
+fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+async fn store_one(store: Store) -> Result<Store> {
+    let id = random_id();
+    store
+        .create_task(
+            &id,
+            "hello-world@v0-2-1",
+            r#"{"inputStr":"hello input"}"#,
+            "http://127.0.0.1",
+            &[],
+        )
+        .await?;
+    let mut batch = Batch::default();
+    batch.log_line("result: 'hello output'");
+    batch.outputs.push(FileRecord {
+        id: random_id(),
+        secret: random_id(),
+        task_id: Some(id.clone()),
+        kind: FileKind::Output,
+        position: 0,
+        name: Some("out.txt".into()),
+        data_type: "custom/hello-world-output".into(),
+        content_type: "text/plain".into(),
+        size: 12,
+        storage_key: String::new(),
+        inline: Some(Bytes::from_static(b"hello output")),
+    });
+    store.finish(&id, TaskStatus::Success, None, &batch).await?;
+    Ok(store)
 }

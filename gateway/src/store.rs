@@ -192,7 +192,7 @@ impl Batch {
     /// (NULL: unchanged), $8 the time.
     fn update<'q>(
         &'q self,
-        sql: &'static str,
+        sql: impl sqlx::SqlSafeStr,
         id: &'q str,
         reason: Option<&str>,
         now: i64,
@@ -258,6 +258,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// PostgreSQL (else SQLite): a task's end is one statement there.
+    postgres: bool,
     finished: Arc<FinishedTasks>,
 }
 
@@ -317,18 +319,13 @@ impl Store {
         sqlx::migrate!("../migrations").run(&pool).await?;
         Ok(Self {
             pool,
+            postgres: !sqlite,
             finished: Arc::new(quick_cache::sync::Cache::with_weighter(
                 16 * 1024,
                 FINISHED_CACHE_BYTES,
                 RecordWeight,
             )),
         })
-    }
-
-    /// The connection pool, for tools that measure the database under the
-    /// gateway's own settings (the benchmark's store floor).
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     /// Inserts a new `PENDING` task, its first attempt counted, and attaches the
@@ -399,22 +396,19 @@ impl Store {
         if let Some(task) = self.finished.get(id) {
             return Ok(Some(task));
         }
-        // The row and its steps at once; outputs only show once the task has
-        // finished (the contract's `outputs` is `[]` before), so only then.
-        let (row, steps) = tokio::try_join!(
-            sqlx::query(
-                "SELECT id, plugin, status, log, progress_value, progress_start, progress_target, \
-                 progress_unit, attempts, created_at, finished_at FROM tasks WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool),
-            sqlx::query(
-                "SELECT step_id, form, cleared FROM task_steps WHERE task_id = $1 ORDER BY position",
-            )
-            .bind(id)
-            .fetch_all(&self.pool),
-        )?;
-        let Some(row) = row else {
+        // The row and its steps in one query (a row per step; a task has few);
+        // outputs only show once the task has finished (the contract's
+        // `outputs` is `[]` before), so only then.
+        let rows = sqlx::query(
+            "SELECT t.id, t.plugin, t.status, t.log, t.progress_value, t.progress_start, \
+             t.progress_target, t.progress_unit, t.attempts, t.created_at, t.finished_at, \
+             s.step_id, s.form, s.cleared FROM tasks t \
+             LEFT JOIN task_steps s ON s.task_id = t.id WHERE t.id = $1 ORDER BY s.position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(row) = rows.first() else {
             return Ok(None);
         };
         let finished_at: Option<i64> = row.try_get("finished_at")?;
@@ -429,16 +423,17 @@ impl Store {
         } else {
             Vec::new()
         };
-        let steps = steps
-            .iter()
-            .map(|step| {
-                Ok(StepRecord {
-                    step_id: step.try_get("step_id")?,
-                    form: step.try_get("form")?,
-                    cleared: step.try_get::<i64, _>("cleared")? != 0,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut steps = Vec::new();
+        for step in &rows {
+            let Some(step_id) = step.try_get::<Option<String>, _>("step_id")? else {
+                continue;
+            };
+            steps.push(StepRecord {
+                step_id,
+                form: step.try_get("form")?,
+                cleared: step.try_get::<i64, _>("cleared")? != 0,
+            });
+        }
         let outputs = outputs
             .iter()
             .map(file_record)
@@ -595,17 +590,11 @@ impl Store {
         batch: &Batch,
     ) -> Result<Option<Finished>, StoreError> {
         let now = now_millis();
-        let update = batch.update(
-            concat!(
-                "UPDATE tasks SET status = $9, finished_at = $8, ",
-                batch_columns!(),
-                " WHERE id = $1 AND status = 'PENDING' RETURNING plugin, created_at"
-            ),
-            id,
-            reason,
-            now,
+        const END: &str = concat!(
+            "UPDATE tasks SET status = $9, finished_at = $8, ",
+            batch_columns!(),
+            " WHERE id = $1 AND status = 'PENDING' RETURNING plugin, created_at"
         );
-        let update = update.bind(status.as_str());
         let finished = |row: AnyRow| -> Result<Finished, StoreError> {
             Ok(Finished {
                 plugin: row.try_get("plugin")?,
@@ -614,10 +603,25 @@ impl Store {
             })
         };
         if batch.outputs.is_empty() {
+            let update = batch.update(END, id, reason, now).bind(status.as_str());
+            let row = update.fetch_optional(&self.pool).await?;
+            return row.map(finished).transpose();
+        }
+        if self.postgres {
+            // One statement, one round trip: the outputs are inserted only if
+            // the update ended the task.
+            let sql = end_with_outputs(END, batch.outputs.len());
+            let mut update = batch
+                .update(sqlx::AssertSqlSafe(sql), id, reason, now)
+                .bind(status.as_str());
+            for output in &batch.outputs {
+                update = bind_file(update, output);
+            }
             let row = update.fetch_optional(&self.pool).await?;
             return row.map(finished).transpose();
         }
         let mut transaction = self.pool.begin().await?;
+        let update = batch.update(END, id, reason, now).bind(status.as_str());
         let Some(row) = update.fetch_optional(&mut *transaction).await? else {
             return Ok(None);
         };
@@ -741,24 +745,56 @@ impl Store {
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
+/// The columns of a `files` row, in the order [`bind_file`] binds them.
+const FILE_COLUMNS: &str = "id, secret, task_id, kind, position, name, data_type, content_type, \
+                            size, storage_key, created_at, content";
+/// How many values [`bind_file`] binds.
+const FILE_VALUES: usize = 12;
+
 fn insert_file(file: &FileRecord) -> Query<'_> {
-    sqlx::query(
-        "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, content_type, \
-         size, storage_key, created_at, content) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    bind_file(
+        sqlx::query(
+            "INSERT INTO files (id, secret, task_id, kind, position, name, data_type, \
+             content_type, size, storage_key, created_at, content) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        ),
+        file,
     )
-    .bind(&file.id)
-    .bind(&file.secret)
-    .bind(file.task_id.as_deref())
-    .bind(file.kind.as_str())
-    .bind(file.position)
-    .bind(file.name.as_deref())
-    .bind(&file.data_type)
-    .bind(&file.content_type)
-    .bind(file.size)
-    .bind(&file.storage_key)
-    .bind(now_millis())
-    .bind(file.inline.as_deref().map(<[u8]>::to_vec))
+}
+
+fn bind_file<'q>(query: Query<'q>, file: &'q FileRecord) -> Query<'q> {
+    query
+        .bind(&file.id)
+        .bind(&file.secret)
+        .bind(file.task_id.as_deref())
+        .bind(file.kind.as_str())
+        .bind(file.position)
+        .bind(file.name.as_deref())
+        .bind(&file.data_type)
+        .bind(&file.content_type)
+        .bind(file.size)
+        .bind(&file.storage_key)
+        .bind(now_millis())
+        .bind(file.inline.as_deref().map(<[u8]>::to_vec))
+}
+
+/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $9) and the
+/// insert of `outputs` file rows (parameters from $10 on), in one statement;
+/// the rows are inserted only when the update matched.
+fn end_with_outputs(end: &str, outputs: usize) -> String {
+    let mut sql = format!("WITH ended AS ({end})");
+    for output in 0..outputs {
+        let first = 10 + output * FILE_VALUES;
+        let values: Vec<String> = (first..first + FILE_VALUES)
+            .map(|parameter| format!("${parameter}"))
+            .collect();
+        sql.push_str(&format!(
+            ", output_{output} AS (INSERT INTO files ({FILE_COLUMNS}) SELECT {} FROM ended)",
+            values.join(", ")
+        ));
+    }
+    sql.push_str(" SELECT plugin, created_at FROM ended");
+    sql
 }
 
 fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
