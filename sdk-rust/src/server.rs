@@ -49,6 +49,9 @@ pub trait Plugin: Send + Sync + 'static {
 /// (for debugging with grpcurl) on `CORRAL_PLUGIN_LISTEN` (default
 /// `127.0.0.1:0`), and prints the address.
 pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
+    // Handlers first: the supervisor may stop the plugin as soon as it is
+    // healthy, which can be before `register` has returned here.
+    let stop = StopSignals::install()?;
     let metadata = plugin.metadata();
     let listen: SocketAddr = std::env::var("CORRAL_PLUGIN_LISTEN")
         .unwrap_or_else(|_| "127.0.0.1:0".into())
@@ -93,7 +96,7 @@ pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
         register(&registry, &advertised, &metadata).await?;
     }
 
-    wait_for_signal().await?;
+    stop.received().await;
     println!("{} shutting down", metadata.identifier());
     health_reporter
         .set_not_serving::<PluginServer<PluginService<P>>>()
@@ -128,15 +131,27 @@ async fn register(registry: &str, address: &str, metadata: &Metadata) -> Result<
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 struct PluginService<P> {
