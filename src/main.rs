@@ -113,6 +113,10 @@ struct GatewayOptions {
     /// end FAILURE); a second signal ends them at once.
     #[arg(long, env = "CORRAL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: std::time::Duration,
+    /// How long a webhook notice is retried (with backoff, in order per
+    /// subscriber) before it is given up.
+    #[arg(long, env = "CORRAL_WEBHOOK_RETRY_FOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    webhook_retry_for: std::time::Duration,
     /// The token role (`roles` claim) that may start, stop and restart plugins.
     #[arg(long, env = "CORRAL_ADMIN_ROLE", default_value = "admin")]
     admin_role: String,
@@ -150,6 +154,7 @@ impl GatewayOptions {
         config.trusted_proxies = self.reverse_proxy_count;
         config.max_body_bytes = self.max_body_bytes;
         config.max_output_bytes = self.max_output_bytes;
+        config.webhook_retry_for = self.webhook_retry_for;
         let public_key = match &self.jwt_public_key {
             Some(path) => Some(std::fs::read(path).with_context(|| {
                 format!("failed to read the JWT public key {}", path.display())

@@ -205,7 +205,8 @@ async fn the_dashboard_shows_plugins_and_a_click_restarts_one() {
             "file-upload",
             "hello-world",
             "hello-world-multi-step",
-            "json-visualization"
+            "json-visualization",
+            "manual-classification"
         ])
     );
     let state = driver

@@ -511,7 +511,8 @@ async fn plugin_list_metadata_and_redirects(db: Db) {
             "file-upload",
             "hello-world",
             "hello-world-multi-step",
-            "json-visualization"
+            "json-visualization",
+            "manual-classification"
         ]
     );
     let hello = &body["plugins"][2];

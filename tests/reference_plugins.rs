@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use common::{Supervisor, reference_plugins};
 use corral_proto::{
     plugin::v1::{
-        FieldKind, InvokeRequest, PluginType, RenderRequest, SubmitStepRequest,
+        FieldKind, InvokeRequest, PluginType, RenderRequest,
         invoke_event::Event, plugin_client::PluginClient,
     },
     supervisor::v1::{
@@ -37,16 +37,13 @@ struct Collected {
     log: Vec<String>,
     progress: Vec<(i64, i64, i64, String)>,
     outputs: Vec<(String, String, String, Vec<u8>)>,
-    step: Option<(String, Vec<corral_proto::plugin::v1::FormField>)>,
+    step: Option<(String, Vec<corral_proto::plugin::v1::FormField>, String)>,
+    checkpoints: Vec<String>,
     result: Option<Result<(), String>>,
 }
 
-/// Reads events until the stream ends or (with `until_step`) a step is required.
-async fn collect(
-    stream: &mut Streaming<corral_proto::plugin::v1::InvokeEvent>,
-    into: &mut Collected,
-    until_step: bool,
-) {
+/// Reads events until the stream ends.
+async fn collect(stream: &mut Streaming<corral_proto::plugin::v1::InvokeEvent>, into: &mut Collected) {
     while let Some(event) = stream.message().await.unwrap() {
         match event.event.unwrap() {
             Event::Log(line) => into.log.push(line.text),
@@ -58,11 +55,9 @@ async fn collect(
             Event::OutputChunk(chunk) => into.outputs.last_mut().unwrap().3.extend(chunk.data),
             Event::OutputEnd(_) => {}
             Event::StepRequired(step) => {
-                into.step = Some((step.step_id, step.inputs));
-                if until_step {
-                    return;
-                }
+                into.step = Some((step.step_id, step.inputs, step.state));
             }
+            Event::Checkpoint(checkpoint) => into.checkpoints.push(checkpoint.state),
             Event::Result(_) => into.result = Some(Ok(())),
             Event::Error(error) => into.result = Some(Err(error.message)),
         }
@@ -79,12 +74,13 @@ async fn run(
         .invoke(InvokeRequest {
             task_id: task_id.into(),
             inputs: inputs(values),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     let mut task = Collected::default();
-    collect(&mut stream, &mut task, false).await;
+    collect(&mut stream, &mut task).await;
     task
 }
 
@@ -121,6 +117,12 @@ async fn every_reference_plugin_registers_with_its_metadata() {
             "v0.1.0",
             PluginType::Visualization,
             "csv-visualization@v0-1-0",
+        ),
+        (
+            "manual-classification",
+            "v0.1.0",
+            PluginType::Processing,
+            "manual-classification@v0-1-0",
         ),
     ];
     for (name, version, kind, identifier) in expected {
@@ -193,50 +195,47 @@ async fn hello_world_replaces_input_with_output() {
 }
 
 #[tokio::test]
-async fn multi_step_waits_for_its_step_and_finishes_with_both_outputs() {
+async fn multi_step_ends_its_call_with_the_step_and_a_new_process_continues_it() {
     let supervisor = Supervisor::start(&[&reference_plugins()]);
     let mut client = plugin_client(&supervisor, "hello-world-multi-step").await;
-    let mut stream = client
-        .invoke(InvokeRequest {
-            task_id: "multi-1".into(),
-            inputs: inputs(&[("inputStr", "input text")]),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let first = InvokeRequest {
+        task_id: "multi-1".into(),
+        inputs: inputs(&[("inputStr", "input text")]),
+        ..Default::default()
+    };
+    let mut stream = client.invoke(first.clone()).await.unwrap().into_inner();
     let mut task = Collected::default();
-    collect(&mut stream, &mut task, true).await;
+    // The stream ends with the step: the call is over.
+    collect(&mut stream, &mut task).await;
     assert_eq!(task.progress, [(50, 0, 100, "%".to_string())]);
     assert!(task.outputs.is_empty() && task.result.is_none());
-    let (step_id, fields) = task.step.clone().unwrap();
+    let (step_id, fields, state) = task.step.clone().unwrap();
     assert_eq!(step_id, "demo-step");
     let prefill = fields[0].default.clone().unwrap();
     assert_eq!(fields[0].field, "inputStr");
     assert_eq!(prefill, "Input from preprocessing: input text");
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state, serde_json::json!({"first": "input text"}));
 
-    let unknown = client
-        .submit_step(SubmitStepRequest {
-            task_id: "no-such-task".into(),
-            step_id: "demo-step".into(),
-            inputs: HashMap::new(),
+    // The process that asked is gone; a new one continues from the state.
+    let old = supervisor.status("hello-world-multi-step").await.pid;
+    common::signal(old, nix::sys::signal::Signal::SIGKILL);
+    let status = supervisor
+        .wait_for("hello-world-multi-step", "ready again", |status| {
+            status.state == PluginState::Ready as i32 && status.pid != old
         })
-        .await
-        .expect_err("no such task");
-    assert_eq!(unknown.code(), Code::NotFound);
-
-    client
-        .submit_step(SubmitStepRequest {
-            task_id: "multi-1".into(),
-            step_id: "demo-step".into(),
-            inputs: inputs(&[("inputStr", &prefill)]),
-        })
-        .await
-        .unwrap();
-    collect(&mut stream, &mut task, false).await;
-    assert_eq!(
-        task.progress.last().unwrap(),
-        &(100, 0, 100, "%".to_string())
-    );
+        .await;
+    let mut client = PluginClient::connect(status.endpoint).await.unwrap();
+    let continuation = InvokeRequest {
+        step_id: step_id.clone(),
+        step_inputs: inputs(&[("inputStr", &prefill)]),
+        state: state.to_string(),
+        ..first.clone()
+    };
+    let mut stream = client.invoke(continuation).await.unwrap().into_inner();
+    let mut task = Collected::default();
+    collect(&mut stream, &mut task).await;
+    assert_eq!(task.progress, [(100, 0, 100, "%".to_string())]);
     let outputs: Vec<(&str, &[u8])> = task
         .outputs
         .iter()
@@ -253,6 +252,15 @@ async fn multi_step_waits_for_its_step_and_finishes_with_both_outputs() {
         ]
     );
     assert_eq!(task.result, Some(Ok(())));
+
+    // A continuation whose state does not fit is refused as such.
+    let broken = InvokeRequest {
+        step_id,
+        state: "{\"unexpected\": 1}".into(),
+        ..first
+    };
+    let error = client.invoke(broken).await.expect_err("a state that does not fit");
+    assert_eq!(error.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -346,22 +354,25 @@ async fn registration_with_a_wrong_token_or_protocol_is_refused() {
         metadata: metadata.clone(),
     };
     for token in ["", "garbage", "0.0000", "999.abc"] {
-        let refused = registry.register(request(token, 1)).await.expect_err(token);
+        let refused = registry.register(request(token, 2)).await.expect_err(token);
         assert_eq!(refused.code(), Code::PermissionDenied, "{token}");
         assert_eq!(
             refused.message(),
             "invalid or already used registration token"
         );
     }
-    let refused = registry
-        .register(request("0.abc", 7))
-        .await
-        .expect_err("unknown protocol");
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(
-        refused.message(),
-        "protocol version 7 is not supported: this supervisor speaks version 1"
-    );
+    // Version 1 (steps waiting inside the call) is the old one.
+    for old in [1, 7] {
+        let refused = registry
+            .register(request("0.abc", old))
+            .await
+            .expect_err("unknown protocol");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(
+            refused.message(),
+            format!("protocol version {old} is not supported: this supervisor speaks version 2")
+        );
+    }
     // The refused attempts changed nothing.
     let status = supervisor.status("hello-world").await;
     assert_eq!(status.restarts, 0);

@@ -199,6 +199,7 @@ async fn killing_the_supervisor_with_sigkill_leaves_no_plugin_process() {
         "file-upload",
         "json-visualization",
         "csv-visualization",
+        "manual-classification",
     ] {
         pids.push(supervisor.ready(name).await.pid);
     }

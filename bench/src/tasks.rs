@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use corral_gateway::store::{Batch, FileKind, FileRecord, Store, TaskStatus};
+use corral_gateway::store::{Batch, FileKind, FileRecord, Notices, Store, TaskStatus};
 use corral_proto::plugin::v1::{InvokeRequest, invoke_event::Event, plugin_client::PluginClient};
 use futures::future::try_join_all;
 use hyper::StatusCode;
@@ -169,6 +169,7 @@ async fn invoke_once(
     let request = InvokeRequest {
         task_id: format!("floor-{index}-{:x}", rand::random::<u64>()),
         inputs: [("inputStr".to_owned(), format!("hello input {index}"))].into(),
+        ..Default::default()
     };
     let mut events = client.invoke(request).await?.into_inner();
     while let Some(event) = events.message().await? {
@@ -226,6 +227,17 @@ async fn store_one(store: Store) -> Result<Store> {
         storage_key: String::new(),
         inline: Some(Bytes::from_static(b"hello output")),
     });
-    store.finish(&id, TaskStatus::Success, None, &batch).await?;
+    // The stream events the gateway stores with such a task: its log line,
+    // its output and its status.
+    batch.event(r#"{"event":"log","data":{"text":"result: 'hello output'"}}"#);
+    batch.event(r#"{"event":"output","data":{"href":"http://127.0.0.1/files/x/?file-id=y","dataType":"custom/hello-world-output","contentType":"text/plain","name":"out.txt"}}"#);
+    batch.event(r#"{"event":"status","data":{"status":"SUCCESS"}}"#);
+    let notices = Notices {
+        task_url: "http://127.0.0.1/tasks/x/",
+        events: &["status", "details"],
+    };
+    store
+        .finish(&id, TaskStatus::Success, &batch, notices)
+        .await?;
     Ok(store)
 }

@@ -36,6 +36,9 @@ impl Location {
     }
 }
 
+/// The `Retry-After` of a 503: a plugin restarts within about a second.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 /// An error answered by the REST API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -54,9 +57,14 @@ pub enum ApiError {
     /// 415 for a body type the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// 503: the plugin is not ready (or the supervisor is unreachable).
+    /// 503 with `Retry-After`: the plugin is not ready (or the supervisor is
+    /// unreachable); nothing was changed, the client may try again.
     #[error("{0}")]
     Unavailable(String),
+    /// 409: the request conflicts with the resource's state (e.g. a step that
+    /// was already submitted).
+    #[error("{0}")]
+    Conflict(String),
     /// 401: no or a bad token.
     #[error("{0}")]
     Unauthorized(String),
@@ -110,7 +118,14 @@ impl IntoResponse for ApiError {
             Self::UnsupportedMediaType(message) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, message.clone())
             }
-            Self::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message.clone()),
+            Self::Unavailable(message) => {
+                let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+                return response;
+            }
+            Self::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
             Self::Unauthorized(message) => {
                 let mut response = error_response(StatusCode::UNAUTHORIZED, message);
                 response

@@ -95,13 +95,18 @@ impl RunningGateway {
             source,
         })?;
         let shutdown = CancellationToken::new();
+        let webhooks = Webhooks::start(store.clone(), config.webhook_retry_for, shutdown.clone())
+            .map_err(|error| GatewayError::Io {
+                what: "failed to set up the webhook client".into(),
+                source: std::io::Error::other(error),
+            })?;
         let directory = Directory::follow(config.supervisor_url.clone(), shutdown.clone());
         let runner = Runner {
             store: store.clone(),
             files: Arc::new(files),
             directory: directory.clone(),
             live: LiveEvents::default(),
-            webhooks: Webhooks::start(store.clone()),
+            webhooks,
             running: Default::default(),
             ended: Default::default(),
             closing: Default::default(),

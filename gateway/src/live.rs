@@ -5,26 +5,20 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use serde_json::Value;
 use tokio::sync::broadcast;
+
+use crate::views::TaskEvent;
 
 /// How many events a slow event-stream client may fall behind.
 const BACKLOG: usize = 256;
 
-/// One event of a running task, as its stream sends it.
+/// One event of a running task, published once it is stored.
 #[derive(Debug, Clone)]
 pub(crate) struct LiveEvent {
-    /// The SSE event name: `log`, `progress`, `step`, `output`, `status`.
-    pub kind: &'static str,
-    /// Its JSON data.
-    pub data: Value,
-}
-
-impl LiveEvent {
-    /// Whether this event ends the task's stream.
-    pub(crate) fn is_final(&self) -> bool {
-        self.kind == "status"
-    }
+    /// Its position in the task's stored events (from 1): the SSE `id`.
+    pub id: u64,
+    /// The event.
+    pub event: Arc<TaskEvent>,
 }
 
 /// Task id → the broadcast its stream clients follow.
@@ -42,10 +36,12 @@ impl LiveEvents {
         }
     }
 
-    /// Sends the final event and forgets the task.
-    pub(crate) fn finish(&self, task_id: &str, event: LiveEvent) {
+    /// Sends a task's last events and forgets the task.
+    pub(crate) fn finish(&self, task_id: &str, events: impl IntoIterator<Item = LiveEvent>) {
         if let Some(sender) = self.lock().remove(task_id) {
-            let _no_followers_is_fine = sender.send(event);
+            for event in events {
+                let _no_followers_is_fine = sender.send(event);
+            }
         }
     }
 

@@ -1,6 +1,12 @@
-//! Running tasks: invoke the plugin over gRPC, persist each event, write output
-//! files to the store, notify followers and webhooks, and end every task
-//! `SUCCESS` or `FAILURE`, whatever the plugin or the gateway does. See `tasks.md`.
+//! Running tasks: each call of a task (its start, or the continuation of a
+//! submitted step) invokes the plugin over gRPC; the call's events become rows,
+//! files, stream events and webhook notices; every task ends `SUCCESS` or
+//! `FAILURE`, or waits for its step with nothing held in any process. See
+//! `tasks.md`.
+//!
+//! [`CallRules`] is the event protocol as a synchronous state machine (what
+//! each event means, in which order it may come); [`Runner::invoke`] is the one
+//! async loop around it (transport, persistence, publishing).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -8,47 +14,127 @@ use std::{
     time::Duration,
 };
 
-use corral_proto::plugin::v1::{InvokeRequest, SubmitStepRequest, invoke_event::Event};
-use serde_json::json;
+use corral_proto::plugin::v1::{FormField, InvokeRequest, invoke_event::Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     directory::{Directory, LivePlugin},
     files::{FileSink, FileStore},
     live::{LiveEvent, LiveEvents},
-    store::{Batch, FileKind, FileRecord, MAX_LOG_CHARS, Progress, Store, StoreError, TaskStatus},
+    store::{
+        Batch, CallRecord, FileKind, FileRecord, MAX_LOG_CHARS, Notices, Progress, Store,
+        StoreError, TaskStatus,
+    },
     urls::BaseUrl,
+    views::{self, TaskEvent},
     webhooks::{WebhookEvent, Webhooks},
 };
 
-/// Largest gRPC message accepted from a plugin: a 1 MiB chunk and its framing.
+/// Largest gRPC message accepted from a plugin: a 1 MiB chunk or state and its framing.
 const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
-/// How long a task waits for its plugin to be ready again (after a crash or a
-/// gateway restart) before it fails.
+/// How long a call waits for its plugin to be ready (at its start, after a
+/// crash, after a gateway restart) before the task fails.
 const READY_WAIT: Duration = Duration::from_secs(30);
 /// How long after a broken stream the supervisor has to report the crash.
 const CRASH_REPORT_WAIT: Duration = Duration::from_secs(2);
-/// How long a step submission waits for its plugin to be listed again.
-const STEP_READY_WAIT: Duration = Duration::from_secs(5);
+/// How often a call that never reached its plugin (connection refused) is
+/// tried again once the plugin is ready.
+const UNREACHED_TRIES: u32 = 3;
 /// How long ending one task may take at shutdown (a database that is down
 /// must not hold the exit up).
 const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// Longest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 64 * 1024;
+/// Past this many bytes of stored stream events, a runner stores and
+/// publishes no more `log` and `progress` events (steps, outputs and the
+/// status always go).
+const MAX_STREAM_BYTES: usize = 8 * 1024 * 1024;
 /// The longest a running task's events wait to be written together (they are
 /// published to event-stream followers at once). See `tasks.md`.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
 
-/// One task to run: what and for whom (links use the client's base URL).
+/// What a call of a task is.
+#[derive(Debug, Clone)]
+pub(crate) enum Call {
+    /// The task's first call.
+    Start,
+    /// The continuation after step `id` was submitted with `inputs`.
+    Step {
+        id: String,
+        inputs: BTreeMap<String, String>,
+    },
+}
+
+/// One call of a task to run: what, for whom (links use the client's base
+/// URL), and where it continues from.
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
     pub(crate) task_id: String,
+    /// The plugin identifier the task started on: its steps resume on it.
     pub(crate) plugin: String,
+    /// The task's validated inputs.
     pub(crate) inputs: BTreeMap<String, String>,
     pub(crate) base: BaseUrl,
-    /// Whether the row was just created with its first attempt counted (a
-    /// resumed task counts a new attempt before it runs).
-    pub(crate) fresh: bool,
+    pub(crate) call: Call,
+    /// The state (JSON) of the last step or checkpoint.
+    pub(crate) state: Option<String>,
+    /// How many outputs the task keeps; new ones follow them.
+    pub(crate) outputs: i64,
+    /// Whether the call's first attempt is counted in the row already (a new
+    /// task, a submitted step); a recovered call counts one more first.
+    pub(crate) counted: bool,
+    /// A line for the log before the call runs (why it runs again).
+    pub(crate) note: Option<&'static str>,
+}
+
+impl Job {
+    /// A new task's first call (its row just committed).
+    pub(crate) fn start(
+        task_id: String,
+        plugin: String,
+        inputs: BTreeMap<String, String>,
+        base: BaseUrl,
+    ) -> Self {
+        Self {
+            task_id,
+            plugin,
+            inputs,
+            base,
+            call: Call::Start,
+            state: None,
+            outputs: 0,
+            counted: true,
+            note: None,
+        }
+    }
+
+    /// A call as the database holds it (a submitted step, or a call found
+    /// running at start). Fails with the reason when its stored inputs cannot
+    /// be read.
+    pub(crate) fn stored(record: CallRecord, base: BaseUrl) -> Result<Self, String> {
+        let unreadable = |what: &str| format!("the task's stored {what} cannot be read");
+        let inputs = serde_json::from_str(&record.inputs).map_err(|_| unreadable("inputs"))?;
+        let call = match record.step_id {
+            Some(id) => {
+                let inputs = record.step_inputs.as_deref().unwrap_or("{}");
+                let inputs = serde_json::from_str(inputs)
+                    .map_err(|_| unreadable(&format!("values of step `{id}`")))?;
+                Call::Step { id, inputs }
+            }
+            None => Call::Start,
+        };
+        Ok(Self {
+            task_id: record.id,
+            plugin: record.plugin,
+            inputs,
+            base,
+            call,
+            state: record.state,
+            outputs: record.state_outputs,
+            counted: true,
+            note: None,
+        })
+    }
 }
 
 /// What a task runner needs; cheap to clone.
@@ -59,12 +145,12 @@ pub(crate) struct Runner {
     pub(crate) directory: Directory,
     pub(crate) live: LiveEvents,
     pub(crate) webhooks: Webhooks,
-    /// Running tasks: ending one from outside (a failed step, shutdown) stops its
-    /// runner. The base URL is for the links of a failure ended from outside.
+    /// Running calls: ending a task from outside (shutdown) stops its runner.
+    /// The base URL is for the links of a failure ended from outside.
     pub(crate) running: Arc<Mutex<HashMap<String, (CancellationToken, BaseUrl)>>>,
     /// Woken each time a runner ends.
     pub(crate) ended: Arc<tokio::sync::Notify>,
-    /// Set when shutdown begins: no new task starts.
+    /// Set when shutdown begins: no new call starts.
     pub(crate) closing: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) metrics: crate::metrics::Metrics,
     /// The largest output file.
@@ -73,19 +159,24 @@ pub(crate) struct Runner {
 }
 
 /// How one invocation ended.
+#[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     Success,
     Failure(String),
+    /// The task waits for a step, stored with the plugin's state.
+    Waiting,
     /// The plugin's process went away; the reason says how.
     Crashed(String),
+    /// The call never reached the plugin (its connection was refused).
+    Unreached(String),
     /// The gateway is shutting down, or the task was ended from outside: its row
     /// is left as it is (a restart resumes a `PENDING` one).
     Interrupted,
 }
 
 impl Runner {
-    /// Runs a task that was just created (or found unfinished at start), in the background.
-    /// Once shutdown began no task starts: it stays `PENDING` for the next start.
+    /// Runs a call of a task in the background. Once shutdown began no call
+    /// starts: the task stays `PENDING` for the next start.
     pub(crate) fn spawn(&self, job: Job) {
         let runner = self.clone();
         let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
@@ -100,23 +191,27 @@ impl Runner {
         }
         let task = async move {
             runner.metrics.task_started();
-            if let Err(error) = runner.run(&job, &cancel).await {
-                tracing::error!(task = %job.task_id, %error, "task runner failed");
+            let (task_id, base) = (job.task_id.clone(), job.base.clone());
+            if let Err(error) = runner.run(job, &cancel).await {
+                tracing::error!(task = %task_id, %error, "task runner failed");
                 let reason = "the gateway could not record the task's progress";
-                let _ = runner.end_failed(&job.task_id, reason, &job.base).await;
+                if let Err(error) = runner.end_failed(&task_id, reason, &base).await {
+                    tracing::error!(task = %task_id, %error, "failed to end a task");
+                }
             }
-            runner.lock_running().remove(&job.task_id);
+            runner.lock_running().remove(&task_id);
             runner.metrics.task_ended();
             runner.ended.notify_waiters();
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }
 
-    /// Shutdown: lets running tasks finish within `grace` (or until `immediate`),
-    /// then ends the rest `FAILURE` with the reason.
+    /// Shutdown: lets running calls finish within `grace` (or until `immediate`),
+    /// then ends their tasks `FAILURE` with the reason. Tasks waiting for a
+    /// step have no call running and are not touched.
     pub(crate) async fn wind_down(&self, grace: Duration, immediate: &CancellationToken) {
         {
-            // Under the lock `spawn` takes: no task starts after this.
+            // Under the lock `spawn` takes: no call starts after this.
             let _running = self.lock_running();
             self.closing
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -156,7 +251,7 @@ impl Runner {
         }
     }
 
-    /// Whether shutdown began (no new task is taken).
+    /// Whether shutdown began (no new call is taken).
     pub(crate) fn shutdown_begun(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -169,95 +264,126 @@ impl Runner {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Resumes the tasks a previous gateway left unfinished: re-run where the
-    /// plugin says its tasks are safe to retry, else fail with the reason.
+    /// Takes up the calls a previous gateway left running (tasks waiting for a
+    /// step are not running and stay as they are): run again where the plugin
+    /// says its tasks are safe to retry, from their last state; else fail with
+    /// the reason.
     pub(crate) async fn recover(&self) -> Result<usize, StoreError> {
-        let pending = self.store.pending_tasks().await?;
-        let count = pending.len();
-        for (task_id, plugin, base_url) in pending {
+        let running = self.store.running_tasks().await?;
+        let count = running.len();
+        for record in running {
             let runner = self.clone();
             tokio::spawn(async move {
-                let base = BaseUrl::new(base_url, "");
-                let Some(live) = runner.wait_until_ready(&plugin, READY_WAIT).await else {
-                    let reason = format!(
-                        "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
-                    );
-                    let _ = runner.end_failed(&task_id, &reason, &base).await;
-                    return;
+                let base = BaseUrl::new(record.base_url.clone(), "");
+                let (task_id, plugin) = (record.id.clone(), record.plugin.clone());
+                let reason = match runner.recovered(record, base.clone()).await {
+                    Ok(job) => {
+                        runner.spawn(job);
+                        return;
+                    }
+                    Err(reason) => reason,
                 };
-                if !live.retry_safe {
-                    let reason = "the gateway restarted while the task was running; \
-                                  the plugin's tasks are not safe to run again";
-                    let _ = runner.end_failed(&task_id, reason, &base).await;
-                    return;
+                tracing::info!(task = %task_id, %plugin, %reason, "ending a task found running");
+                if let Err(error) = runner.end_failed(&task_id, &reason, &base).await {
+                    tracing::error!(task = %task_id, %error, "failed to end a task found running");
                 }
-                let inputs = match runner.store.task_inputs(&task_id).await {
-                    Ok(Some((inputs, _))) => serde_json::from_str(&inputs).unwrap_or_default(),
-                    _ => BTreeMap::new(),
-                };
-                let note = "re-running: the gateway restarted while the task was running";
-                let _ = runner.store.append_log(&task_id, note).await;
-                runner.spawn(Job {
-                    task_id,
-                    plugin,
-                    inputs,
-                    base,
-                    fresh: false,
-                });
             });
         }
         Ok(count)
     }
 
-    async fn run(&self, job: &Job, cancel: &CancellationToken) -> Result<(), StoreError> {
-        let task_id = job.task_id.as_str();
-        let mut attempt = if job.fresh {
-            1
-        } else {
-            match self.store.begin_attempt(task_id).await? {
-                Some(attempt) => attempt,
+    /// The job that runs a call found running at start again, or why it cannot.
+    async fn recovered(&self, record: CallRecord, base: BaseUrl) -> Result<Job, String> {
+        let plugin = record.plugin.clone();
+        let mut job = Job::stored(record, base)?;
+        let Some(live) = self.wait_until_ready(&plugin, READY_WAIT).await else {
+            return Err(format!(
+                "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
+            ));
+        };
+        if !live.retry_safe {
+            return Err("the gateway restarted while the task was running; \
+                        the plugin's tasks are not safe to run again"
+                .into());
+        }
+        job.counted = false;
+        job.note = Some("running again: the gateway restarted while the task was running");
+        Ok(job)
+    }
+
+    async fn run(&self, mut job: Job, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let mut pending = Pending::default();
+        if let Some(note) = job.note {
+            pending.log(note);
+        }
+        let mut attempt = 1;
+        if !job.counted {
+            match self.begin_attempt(&mut job).await? {
+                Some(next) => attempt = next,
                 None => return Ok(()),
             }
-        };
-        let mut pending = Pending::default();
+        }
+        let mut unreached = 0;
         loop {
-            let Some(live) = self.directory.snapshot().ready(&job.plugin).cloned() else {
-                let reason = format!("plugin {} is not ready", job.plugin);
-                return self.fail(job, &reason, pending).await;
+            let Some(live) = self.wait_until_ready(&job.plugin, READY_WAIT).await else {
+                let reason = format!(
+                    "plugin {} was not ready within {} s",
+                    job.plugin,
+                    READY_WAIT.as_secs()
+                );
+                return self.fail(&job, &reason, pending).await;
             };
-            let outcome = self.invoke(job, &live, cancel, &mut pending).await?;
-            match outcome {
+            let outcome = self
+                .invoke(&job, &live, attempt, cancel, &mut pending)
+                .await?;
+            let crash = match outcome {
                 Outcome::Success => {
                     return self
-                        .finish(task_id, TaskStatus::Success, None, &job.base, pending)
+                        .finish(&job.task_id, TaskStatus::Success, None, &job.base, pending)
                         .await;
                 }
-                Outcome::Failure(reason) => return self.fail(job, &reason, pending).await,
+                Outcome::Failure(reason) => return self.fail(&job, &reason, pending).await,
+                // Stored with its step: nothing runs until it is submitted.
+                Outcome::Waiting => return Ok(()),
                 Outcome::Interrupted => {
                     // The row stays as it is (ended from outside, or `PENDING` for the
                     // next start); what the plugin said so far is kept if it still runs.
-                    return self.write(task_id, &mut pending).await;
+                    return self.write(&job.task_id, &mut pending).await;
                 }
-                Outcome::Crashed(reason) if live.retry_safe && attempt < 2 => {
-                    pending.log(&format!("{reason}; running the task again"));
-                    self.write(task_id, &mut pending).await?;
-                    if self
-                        .wait_until_ready(&job.plugin, READY_WAIT)
-                        .await
-                        .is_none()
-                    {
-                        let reason = format!("{reason}, and it did not become ready again");
-                        return self.fail(job, &reason, pending).await;
-                    }
-                    match self.store.begin_attempt(task_id).await? {
-                        Some(next) => attempt = next,
-                        // Ended from outside meanwhile.
-                        None => return Ok(()),
-                    }
+                Outcome::Unreached(reason) if unreached < UNREACHED_TRIES => {
+                    // Nothing ran: the same attempt, once the plugin is back.
+                    tracing::info!(%reason, "the call did not reach the plugin; trying again");
+                    unreached += 1;
+                    let replaced = self.directory.wait_for(|table| {
+                        table.ready(&job.plugin).is_none_or(|now| now.pid != live.pid)
+                    });
+                    let _still_the_same = tokio::time::timeout(CRASH_REPORT_WAIT, replaced).await;
+                    continue;
                 }
-                Outcome::Crashed(reason) => return self.fail(job, &reason, pending).await,
+                Outcome::Crashed(reason) | Outcome::Unreached(reason) => reason,
+            };
+            if !live.retry_safe || attempt >= 2 {
+                return self.fail(&job, &crash, pending).await;
+            }
+            pending.log(&format!("{crash}; running the call again"));
+            self.write(&job.task_id, &mut pending).await?;
+            match self.begin_attempt(&mut job).await? {
+                Some(next) => attempt = next,
+                // Ended from outside meanwhile.
+                None => return Ok(()),
             }
         }
+    }
+
+    /// Counts one more run of the job's call, which continues from the last
+    /// state the task saved. `None`: the task has ended meanwhile.
+    async fn begin_attempt(&self, job: &mut Job) -> Result<Option<u32>, StoreError> {
+        let Some(attempt) = self.store.begin_attempt(&job.task_id).await? else {
+            return Ok(None);
+        };
+        job.state = attempt.state;
+        job.outputs = attempt.state_outputs;
+        Ok(Some(u32::try_from(attempt.attempts).unwrap_or(u32::MAX)))
     }
 
     async fn fail(&self, job: &Job, reason: &str, pending: Pending) -> Result<(), StoreError> {
@@ -276,12 +402,16 @@ impl Runner {
     /// gap, and a file it is told of can be fetched.
     async fn write(&self, task_id: &str, pending: &mut Pending) -> Result<(), StoreError> {
         let (batch, events) = pending.take();
-        self.store.write(task_id, &batch).await?;
-        self.publish(task_id, events);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(count) = self.store.write(task_id, &batch).await? {
+            self.publish(task_id, numbered(events, count));
+        }
         Ok(())
     }
 
-    fn publish(&self, task_id: &str, events: Vec<LiveEvent>) {
+    fn publish(&self, task_id: &str, events: impl Iterator<Item = LiveEvent>) {
         for event in events {
             self.live.publish(task_id, event);
         }
@@ -292,18 +422,26 @@ impl Runner {
         &self,
         job: &Job,
         live: &LivePlugin,
+        attempt: u32,
         cancel: &CancellationToken,
         pending: &mut Pending,
     ) -> Result<Outcome, StoreError> {
-        let (task_id, inputs, base) = (job.task_id.as_str(), &job.inputs, &job.base);
-        let mut client = live.client().max_decoding_message_size(MAX_EVENT_BYTES);
-        let request = InvokeRequest {
-            task_id: task_id.to_owned(),
-            inputs: inputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        };
         if self.shutdown.is_cancelled() || cancel.is_cancelled() {
             return Ok(Outcome::Interrupted);
         }
+        let (step_id, step_inputs) = match &job.call {
+            Call::Start => (String::new(), BTreeMap::new()),
+            Call::Step { id, inputs } => (id.clone(), inputs.clone()),
+        };
+        let request = InvokeRequest {
+            task_id: job.task_id.clone(),
+            inputs: job.inputs.clone().into_iter().collect(),
+            step_id,
+            step_inputs: step_inputs.into_iter().collect(),
+            state: job.state.clone().unwrap_or_default(),
+            attempt,
+        };
+        let mut client = live.client().max_decoding_message_size(MAX_EVENT_BYTES);
         let invoked = std::time::Instant::now();
         let mut stream = match client.invoke(request).await {
             Ok(response) => {
@@ -311,216 +449,111 @@ impl Runner {
                     .invoked(&live.identifier, invoked.elapsed().as_secs_f64());
                 response.into_inner()
             }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Ok(Outcome::Unreached(format!(
+                    "plugin {} could not be reached: {}",
+                    live.identifier,
+                    status.message()
+                )));
+            }
             Err(status) => return Ok(self.broken(live, status).await),
         };
-        let mut open_output: Option<OpenOutput> = None;
-        let mut outputs = 0i64;
-        loop {
-            let write_by = pending.due();
-            let message = tokio::select! {
-                () = sleep_until(write_by), if write_by.is_some() => {
-                    self.write(task_id, pending).await?;
-                    continue;
-                }
-                () = self.shutdown.cancelled() => {
-                    abort(open_output.take()).await;
-                    return Ok(Outcome::Interrupted);
-                }
-                () = cancel.cancelled() => {
-                    abort(open_output.take()).await;
-                    return Ok(Outcome::Interrupted);
-                }
-                message = stream.message() => message,
-            };
-            let event = match message {
-                Ok(Some(message)) => message.event,
-                Ok(None) => {
-                    abort(open_output.take()).await;
-                    return Ok(Outcome::Failure(format!(
-                        "plugin {} ended the task without a result",
-                        live.identifier
-                    )));
-                }
-                Err(status) => {
-                    abort(open_output.take()).await;
-                    return Ok(self.broken(live, status).await);
-                }
-            };
-            let Some(event) = event else {
-                abort(open_output.take()).await;
-                return Ok(Outcome::Failure(format!(
-                    "plugin {} sent an empty event",
-                    live.identifier
-                )));
-            };
-            match event {
-                Event::Log(mut line) => {
-                    if line.text.len() > MAX_LOG_LINE {
-                        let mut end = MAX_LOG_LINE;
-                        while !line.text.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        line.text.truncate(end);
-                        line.text.push_str(" [line cut]");
+        let mut rules = CallRules::new(job, live, self.max_output_bytes);
+        let mut output: Option<OpenOutput> = None;
+        let outcome = async {
+            loop {
+                let write_by = pending.due();
+                let message = tokio::select! {
+                    () = sleep_until(write_by), if write_by.is_some() => {
+                        self.write(&job.task_id, pending).await?;
+                        continue;
                     }
-                    pending.log(&line.text);
-                }
-                Event::Progress(progress) => {
-                    let progress = Progress {
-                        value: progress.value,
-                        start: progress.start,
-                        target: progress.target,
-                        unit: progress.unit,
-                    };
-                    pending.progress(progress);
-                }
-                Event::OutputBegin(begin) => {
-                    if open_output.is_some() {
-                        abort(open_output.take()).await;
-                        return Ok(self.protocol_error(
-                            live,
-                            "began an output before ending the previous one",
-                        ));
-                    }
-                    let record = FileRecord {
-                        id: crate::ids::random_id(),
-                        secret: crate::ids::random_id(),
-                        task_id: Some(task_id.to_owned()),
-                        kind: FileKind::Output,
-                        position: outputs,
-                        name: Some(begin.name).filter(|name| !name.is_empty()),
-                        data_type: begin.data_type,
-                        content_type: if begin.content_type.is_empty() {
-                            "application/octet-stream".into()
-                        } else {
-                            begin.content_type
-                        },
-                        size: 0,
-                        storage_key: String::new(),
-                        inline: None,
-                    };
-                    open_output = Some(OpenOutput {
-                        record,
-                        small: Vec::new(),
-                        sink: None,
-                        size: 0,
-                    });
-                }
-                Event::OutputChunk(chunk) => {
-                    let Some(output) = open_output.as_mut() else {
-                        return Ok(self.protocol_error(live, "sent output bytes outside an output"));
-                    };
-                    output.size += chunk.data.len() as u64;
-                    if output.size > self.max_output_bytes {
-                        abort(open_output.take()).await;
-                        return Ok(Outcome::Failure(format!(
-                            "plugin {} sent an output larger than the limit of {} bytes",
-                            live.identifier, self.max_output_bytes
-                        )));
-                    }
-                    if let Err(error) = output.write(&*self.files, chunk.data).await {
-                        tracing::error!(%error, "failed to write an output file");
-                        abort(open_output.take()).await;
-                        return Ok(Outcome::Failure(
-                            "the gateway could not store an output file".into(),
-                        ));
-                    }
-                }
-                Event::OutputEnd(_) => {
-                    let Some(output) = open_output.take() else {
-                        return Ok(self.protocol_error(live, "ended an output it had not begun"));
-                    };
-                    let record = match output.finish().await {
-                        Ok(record) => record,
-                        Err(error) => {
-                            tracing::error!(%error, "failed to finish an output file");
+                    () = self.shutdown.cancelled() => return Ok(Outcome::Interrupted),
+                    () = cancel.cancelled() => return Ok(Outcome::Interrupted),
+                    message = stream.message() => message,
+                };
+                let action = match message {
+                    Ok(Some(message)) => rules.on_event(message.event),
+                    Ok(None) => rules.breach("ended the call without a result"),
+                    Err(status) => return Ok(self.broken(live, status).await),
+                };
+                match action {
+                    Action::Log(text) => pending.log(&text),
+                    Action::Progress(progress) => pending.progress(progress),
+                    Action::BeginOutput(record) => output = Some(OpenOutput::new(record)),
+                    Action::Write(bytes) => {
+                        let written = match output.as_mut() {
+                            Some(open) => open.write(&*self.files, bytes).await,
+                            None => Err(std::io::Error::other("no output is open")),
+                        };
+                        if let Err(error) = written {
+                            tracing::error!(%error, "failed to write an output file");
                             return Ok(Outcome::Failure(
                                 "the gateway could not store an output file".into(),
                             ));
                         }
-                    };
-                    pending.output(record, base);
-                    outputs += 1;
-                }
-                Event::StepRequired(step) => {
-                    if step.step_id.is_empty()
-                        || !step
-                            .step_id
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                    {
-                        return Ok(self.protocol_error(live, "asked for a step with an invalid id"));
                     }
-                    let form = crate::ui::encode_form(&step.inputs);
-                    self.write(task_id, pending).await?;
-                    self.store.add_step(task_id, &step.step_id, &form).await?;
-                    let view = crate::views::step_view(
-                        &live.identifier,
-                        task_id,
-                        &step.step_id,
-                        false,
-                        base,
-                    );
-                    self.live.publish(
-                        task_id,
-                        LiveEvent {
-                            kind: "step",
-                            data: serde_json::to_value(view).unwrap_or_default(),
-                        },
-                    );
-                    self.webhooks.notify(
-                        task_id,
-                        base,
-                        &[WebhookEvent::Steps, WebhookEvent::Details],
-                    );
-                }
-                Event::Result(_) => {
-                    if open_output.is_some() {
-                        abort(open_output.take()).await;
-                        return Ok(self.protocol_error(live, "finished with an output still open"));
+                    Action::EndOutput => {
+                        let finished = match output.take() {
+                            Some(open) => open.finish().await,
+                            None => Err(std::io::Error::other("no output is open")),
+                        };
+                        match finished {
+                            Ok(record) => pending.output(record, &job.base),
+                            Err(error) => {
+                                tracing::error!(%error, "failed to finish an output file");
+                                return Ok(Outcome::Failure(
+                                    "the gateway could not store an output file".into(),
+                                ));
+                            }
+                        }
                     }
-                    return Ok(Outcome::Success);
-                }
-                Event::Error(error) => {
-                    abort(open_output.take()).await;
-                    let message = if error.message.is_empty() {
-                        format!("plugin {} reported a failure", live.identifier)
-                    } else {
-                        error.message
-                    };
-                    return Ok(Outcome::Failure(message));
+                    Action::Checkpoint(state) => {
+                        pending.batch.state = Some((state, rules.outputs));
+                        self.write(&job.task_id, pending).await?;
+                    }
+                    Action::Wait { step_id, form, state } => {
+                        pending.batch.state = Some((state, rules.outputs));
+                        self.wait_for_step(job, &step_id, &form, pending).await?;
+                        return Ok(Outcome::Waiting);
+                    }
+                    Action::Succeed => return Ok(Outcome::Success),
+                    Action::Fail(reason) => return Ok(Outcome::Failure(reason)),
                 }
             }
         }
+        .await;
+        // The one way out: an output still open is never kept.
+        abort(output.take()).await;
+        outcome
     }
 
-    /// Forwards a step's input (the step already marked cleared) to the plugin
-    /// task that waits for it.
-    pub(crate) async fn submit_step(
+    /// Stores the step the task now waits for, with the call's last events
+    /// and the state to continue from; then tells followers and subscribers.
+    async fn wait_for_step(
         &self,
-        task_id: &str,
-        plugin: &str,
+        job: &Job,
         step_id: &str,
-        inputs: BTreeMap<String, String>,
-        base: &BaseUrl,
+        form: &[FormField],
+        pending: &mut Pending,
     ) -> Result<(), StoreError> {
-        self.webhooks.notify(task_id, base, &[WebhookEvent::Steps]);
-        let Some(live) = self.wait_until_ready(plugin, STEP_READY_WAIT).await else {
-            let reason =
-                format!("plugin {plugin} was not ready when the step `{step_id}` was submitted");
-            return self.end_failed(task_id, &reason, base).await;
+        let view = views::step_view(&job.plugin, &job.task_id, step_id, false, &job.base);
+        pending.arrived(TaskEvent::Step(view));
+        let (batch, events) = pending.take();
+        let task_url = job.base.absolute(&format!("/tasks/{}/", job.task_id));
+        let notices = Notices {
+            task_url: &task_url,
+            events: &[WebhookEvent::Steps.as_str(), WebhookEvent::Details.as_str()],
         };
-        let request = SubmitStepRequest {
-            task_id: task_id.to_owned(),
-            step_id: step_id.to_owned(),
-            inputs: inputs.into_iter().collect(),
-        };
-        if let Err(status) = live.client().submit_step(request).await {
-            let reason = format!(
-                "plugin {plugin} did not accept the input of step `{step_id}`: {}",
-                status.message()
-            );
-            return self.end_failed(task_id, &reason, base).await;
+        let form = crate::ui::encode_form(form);
+        let stored = self
+            .store
+            .wait_for_step(&job.task_id, step_id, &form, &batch, notices)
+            .await?;
+        if let Some(count) = stored {
+            tracing::info!(task = %job.task_id, step = step_id, "task waits for a step");
+            self.publish(&job.task_id, numbered(events, count));
+            self.webhooks.wake();
         }
         Ok(())
     }
@@ -553,11 +586,21 @@ impl Runner {
         base: &BaseUrl,
         mut pending: Pending,
     ) -> Result<(), StoreError> {
+        if let Some(reason) = reason {
+            pending.reason(reason);
+        }
+        pending.arrived(TaskEvent::Status {
+            status: status.as_str().to_owned(),
+        });
         let (batch, events) = pending.take();
-        let Some(record) = self.store.finish(task_id, status, reason, &batch).await? else {
+        let task_url = base.absolute(&format!("/tasks/{task_id}/"));
+        let notices = Notices {
+            task_url: &task_url,
+            events: &[WebhookEvent::Status.as_str(), WebhookEvent::Details.as_str()],
+        };
+        let Some(record) = self.store.finish(task_id, status, &batch, notices).await? else {
             return Ok(());
         };
-        self.publish(task_id, events);
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
         self.metrics
             .task_finished(&record.plugin, status.as_str(), seconds);
@@ -566,27 +609,9 @@ impl Runner {
             cancel.cancel();
         }
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
-        if let Some(reason) = reason {
-            self.live.publish(
-                task_id,
-                LiveEvent {
-                    kind: "log",
-                    data: json!({"text": reason}),
-                },
-            );
-        }
-        self.live.finish(
-            task_id,
-            LiveEvent {
-                kind: "status",
-                data: json!({"status": status.as_str()}),
-            },
-        );
-        self.webhooks.notify(
-            task_id,
-            base,
-            &[WebhookEvent::Status, WebhookEvent::Details],
-        );
+        self.live
+            .finish(task_id, numbered(events, record.event_count));
+        self.webhooks.wake();
         Ok(())
     }
 
@@ -631,11 +656,6 @@ impl Runner {
         ))
     }
 
-    fn protocol_error(&self, live: &LivePlugin, what: &str) -> Outcome {
-        tracing::warn!(plugin = %live.identifier, what, "plugin protocol error");
-        Outcome::Failure(format!("plugin {} {what}", live.identifier))
-    }
-
     async fn wait_until_ready(&self, plugin: &str, limit: Duration) -> Option<Arc<LivePlugin>> {
         let wait = self
             .directory
@@ -645,21 +665,221 @@ impl Runner {
     }
 }
 
+/// Events just stored, numbered: the last of them is the task's `count`th.
+fn numbered(events: Vec<TaskEvent>, count: i64) -> impl Iterator<Item = LiveEvent> {
+    let count = u64::try_from(count).unwrap_or_default();
+    let first = (count + 1).saturating_sub(events.len() as u64);
+    events
+        .into_iter()
+        .zip(first..)
+        .map(|(event, id)| LiveEvent {
+            id,
+            event: Arc::new(event),
+        })
+}
+
+/// What an event of a call means for the task.
+#[derive(Debug, PartialEq)]
+enum Action {
+    Log(String),
+    Progress(Progress),
+    /// An output file begins (its record, not yet stored).
+    BeginOutput(FileRecord),
+    /// Bytes of the open output.
+    Write(bytes::Bytes),
+    /// The open output is complete.
+    EndOutput,
+    /// A state to continue from should the call run again.
+    Checkpoint(String),
+    /// The call ends: the task waits for a step.
+    Wait {
+        step_id: String,
+        form: Vec<FormField>,
+        state: String,
+    },
+    Succeed,
+    Fail(String),
+}
+
+/// The rules of one call's event stream, without I/O: which event may come
+/// when, and what it means. A breach fails the task with the rule it broke.
+#[derive(Debug)]
+struct CallRules {
+    task_id: String,
+    identifier: String,
+    max_output_bytes: u64,
+    /// Bytes of the open output, if one is open.
+    open: Option<u64>,
+    /// Outputs the task has (the position of the next one).
+    outputs: i64,
+}
+
+impl CallRules {
+    fn new(job: &Job, live: &LivePlugin, max_output_bytes: u64) -> Self {
+        Self {
+            task_id: job.task_id.clone(),
+            identifier: live.identifier.clone(),
+            max_output_bytes,
+            open: None,
+            outputs: job.outputs,
+        }
+    }
+
+    fn on_event(&mut self, event: Option<Event>) -> Action {
+        let Some(event) = event else {
+            return self.breach("sent an empty event");
+        };
+        match event {
+            Event::Log(line) => Action::Log(cut(line.text)),
+            Event::Progress(progress) => Action::Progress(Progress {
+                value: progress.value,
+                start: progress.start,
+                target: progress.target,
+                unit: progress.unit,
+            }),
+            Event::OutputBegin(begin) => {
+                if self.open.is_some() {
+                    return self.breach("began an output before ending the previous one");
+                }
+                self.open = Some(0);
+                Action::BeginOutput(FileRecord {
+                    id: crate::ids::random_id(),
+                    secret: crate::ids::random_id(),
+                    task_id: Some(self.task_id.clone()),
+                    kind: FileKind::Output,
+                    position: self.outputs,
+                    name: Some(begin.name).filter(|name| !name.is_empty()),
+                    data_type: begin.data_type,
+                    content_type: if begin.content_type.is_empty() {
+                        "application/octet-stream".into()
+                    } else {
+                        begin.content_type
+                    },
+                    size: 0,
+                    storage_key: String::new(),
+                    inline: None,
+                })
+            }
+            Event::OutputChunk(chunk) => {
+                let Some(size) = self.open.as_mut() else {
+                    return self.breach("sent output bytes outside an output");
+                };
+                *size += chunk.data.len() as u64;
+                if *size > self.max_output_bytes {
+                    return Action::Fail(format!(
+                        "plugin {} sent an output larger than the limit of {} bytes",
+                        self.identifier, self.max_output_bytes
+                    ));
+                }
+                Action::Write(chunk.data)
+            }
+            Event::OutputEnd(_) => {
+                if self.open.take().is_none() {
+                    return self.breach("ended an output it had not begun");
+                }
+                self.outputs += 1;
+                Action::EndOutput
+            }
+            Event::Checkpoint(checkpoint) => match check_state(&checkpoint.state) {
+                Ok(()) => Action::Checkpoint(checkpoint.state),
+                Err(what) => self.breach(&format!("sent a checkpoint whose state {what}")),
+            },
+            Event::StepRequired(step) => {
+                if self.open.is_some() {
+                    return self.breach("asked for a step with an output still open");
+                }
+                let valid_id = !step.step_id.is_empty()
+                    && step
+                        .step_id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !valid_id {
+                    return self.breach("asked for a step with an invalid id");
+                }
+                if let Err(what) = check_state(&step.state) {
+                    return self.breach(&format!("asked for a step whose state {what}"));
+                }
+                Action::Wait {
+                    step_id: step.step_id,
+                    form: step.inputs,
+                    state: step.state,
+                }
+            }
+            Event::Result(_) => {
+                if self.open.is_some() {
+                    return self.breach("finished with an output still open");
+                }
+                Action::Succeed
+            }
+            Event::Error(error) => Action::Fail(if error.message.is_empty() {
+                format!("plugin {} reported a failure", self.identifier)
+            } else {
+                error.message
+            }),
+        }
+    }
+
+    /// A broken rule: the task fails with it.
+    fn breach(&self, what: &str) -> Action {
+        tracing::warn!(plugin = %self.identifier, what, "plugin protocol error");
+        Action::Fail(format!("plugin {} {what}", self.identifier))
+    }
+}
+
+/// Why a state cannot be kept, if it cannot: it must be JSON of at most
+/// [`MAX_STATE_BYTES`](corral_proto::MAX_STATE_BYTES).
+fn check_state(state: &str) -> Result<(), String> {
+    if state.len() > corral_proto::MAX_STATE_BYTES {
+        return Err(format!(
+            "is larger than the limit of {} bytes",
+            corral_proto::MAX_STATE_BYTES
+        ));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(state)
+        .map(|_| ())
+        .map_err(|_| "is not JSON".to_owned())
+}
+
+/// A log line of at most [`MAX_LOG_LINE`] bytes.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_LOG_LINE {
+        let mut end = MAX_LOG_LINE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" [line cut]");
+    }
+    text
+}
+
 /// A running task's events not yet written (a [`Batch`]) and not yet
 /// published, and when they must be.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     batch: Batch,
     /// What followers of the task's event stream get once the batch is written.
-    events: Vec<LiveEvent>,
+    events: Vec<TaskEvent>,
     /// When the oldest of them arrived.
     since: Option<tokio::time::Instant>,
     /// Characters of log taken by this runner; past [`MAX_LOG_CHARS`] lines are dropped.
     logged: usize,
+    /// Bytes of stream events taken by this runner (see [`MAX_STREAM_BYTES`]).
+    streamed: usize,
 }
 
 impl Pending {
-    fn arrived(&mut self, event: LiveEvent) {
+    /// An event for the task's stream; `log` and `progress` are dropped past
+    /// [`MAX_STREAM_BYTES`].
+    fn arrived(&mut self, event: TaskEvent) {
+        let droppable = matches!(event, TaskEvent::Log { .. } | TaskEvent::Progress(_));
+        if droppable && self.streamed >= MAX_STREAM_BYTES {
+            return;
+        }
+        let json = serde_json::to_string(&event)
+            .expect("a task event always serializes: strings and integers only");
+        self.streamed += json.len() + 1;
+        self.batch.event(&json);
         self.events.push(event);
         self.since.get_or_insert_with(tokio::time::Instant::now);
     }
@@ -668,33 +888,33 @@ impl Pending {
         if self.logged >= MAX_LOG_CHARS {
             return;
         }
+        self.reason(line);
+    }
+
+    /// A log line that is always kept (the reason a task failed).
+    fn reason(&mut self, line: &str) {
         self.logged += line.len() + 1;
         self.batch.log_line(line);
-        self.arrived(LiveEvent {
-            kind: "log",
-            data: json!({"text": line}),
+        self.arrived(TaskEvent::Log {
+            text: line.to_owned(),
         });
     }
 
     fn progress(&mut self, progress: Progress) {
-        let data = json!({
-            "value": progress.value, "start": progress.start,
-            "target": progress.target, "unit": progress.unit,
+        let event = TaskEvent::Progress(views::Progress {
+            value: progress.value,
+            start: progress.start,
+            target: progress.target,
+            unit: progress.unit.clone(),
         });
         self.batch.progress = Some(progress);
-        self.arrived(LiveEvent {
-            kind: "progress",
-            data,
-        });
+        self.arrived(event);
     }
 
     fn output(&mut self, record: FileRecord, base: &BaseUrl) {
-        let data = serde_json::to_value(crate::views::output(&record, base)).unwrap_or_default();
+        let event = TaskEvent::Output(views::output(&record, base));
         self.batch.outputs.push(record);
-        self.arrived(LiveEvent {
-            kind: "output",
-            data,
-        });
+        self.arrived(event);
     }
 
     /// When the events must be written, if there are any.
@@ -702,7 +922,7 @@ impl Pending {
         self.since.map(|since| since + WRITE_EVERY)
     }
 
-    fn take(&mut self) -> (Batch, Vec<LiveEvent>) {
+    fn take(&mut self) -> (Batch, Vec<TaskEvent>) {
         self.since = None;
         (
             std::mem::take(&mut self.batch),
@@ -733,7 +953,17 @@ struct OpenOutput {
 }
 
 impl OpenOutput {
+    fn new(record: FileRecord) -> Self {
+        Self {
+            record,
+            small: Vec::new(),
+            sink: None,
+            size: 0,
+        }
+    }
+
     async fn write(&mut self, files: &dyn FileStore, bytes: bytes::Bytes) -> std::io::Result<()> {
+        self.size += bytes.len() as u64;
         if let Some(sink) = &mut self.sink {
             return sink.write(bytes).await;
         }
@@ -772,5 +1002,151 @@ async fn abort(output: Option<OpenOutput>) {
     }) = output
     {
         sink.abort().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::plugin::v1 as pb;
+
+    use super::*;
+
+    fn rules() -> CallRules {
+        CallRules {
+            task_id: "t".into(),
+            identifier: "p@v1".into(),
+            max_output_bytes: 4,
+            open: None,
+            outputs: 2,
+        }
+    }
+
+    fn chunk(bytes: &'static [u8]) -> Option<Event> {
+        Some(Event::OutputChunk(pb::OutputChunk {
+            data: bytes::Bytes::from_static(bytes),
+        }))
+    }
+
+    fn begin() -> Option<Event> {
+        Some(Event::OutputBegin(pb::OutputBegin {
+            name: "a.txt".into(),
+            ..Default::default()
+        }))
+    }
+
+    fn step(id: &str, state: &str) -> Option<Event> {
+        Some(Event::StepRequired(pb::StepRequired {
+            step_id: id.into(),
+            inputs: Vec::new(),
+            state: state.into(),
+        }))
+    }
+
+    #[test]
+    fn an_output_is_numbered_after_the_tasks_outputs_and_typed_by_default() {
+        let mut rules = rules();
+        let Action::BeginOutput(record) = rules.on_event(begin()) else {
+            panic!("not an output");
+        };
+        assert_eq!(record.position, 2);
+        assert_eq!(record.content_type, "application/octet-stream");
+        assert_eq!(
+            rules.on_event(chunk(b"abcd")),
+            Action::Write(bytes::Bytes::from_static(b"abcd"))
+        );
+        assert_eq!(
+            rules.on_event(Some(Event::OutputEnd(pb::OutputEnd {}))),
+            Action::EndOutput
+        );
+        assert_eq!(rules.outputs, 3);
+    }
+
+    #[test]
+    fn outputs_out_of_order_or_too_large_fail_the_task() {
+        let mut rules = rules();
+        assert_eq!(
+            rules.on_event(chunk(b"x")),
+            Action::Fail("plugin p@v1 sent output bytes outside an output".into())
+        );
+        rules.on_event(begin());
+        assert_eq!(
+            rules.on_event(begin()),
+            Action::Fail("plugin p@v1 began an output before ending the previous one".into())
+        );
+        assert_eq!(
+            rules.on_event(chunk(b"12345")),
+            Action::Fail("plugin p@v1 sent an output larger than the limit of 4 bytes".into())
+        );
+        assert_eq!(
+            rules.on_event(Some(Event::Result(pb::TaskResult {}))),
+            Action::Fail("plugin p@v1 finished with an output still open".into())
+        );
+    }
+
+    #[test]
+    fn a_step_needs_a_plain_id_json_state_and_no_open_output() {
+        let mut rules = rules();
+        assert_eq!(
+            rules.on_event(step("a/b", "{}")),
+            Action::Fail("plugin p@v1 asked for a step with an invalid id".into())
+        );
+        assert_eq!(
+            rules.on_event(step("next", "{not json")),
+            Action::Fail("plugin p@v1 asked for a step whose state is not JSON".into())
+        );
+        let huge = format!("\"{}\"", "x".repeat(corral_proto::MAX_STATE_BYTES));
+        assert!(matches!(rules.on_event(step("next", &huge)), Action::Fail(_)));
+        assert_eq!(
+            rules.on_event(step("class-1", "{\"n\":1}")),
+            Action::Wait {
+                step_id: "class-1".into(),
+                form: Vec::new(),
+                state: "{\"n\":1}".into()
+            }
+        );
+        rules.on_event(begin());
+        assert_eq!(
+            rules.on_event(step("next", "null")),
+            Action::Fail("plugin p@v1 asked for a step with an output still open".into())
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_must_be_json_and_an_empty_event_is_a_breach() {
+        let mut rules = rules();
+        let checkpoint = |state: &str| {
+            Some(Event::Checkpoint(pb::Checkpoint {
+                state: state.into(),
+            }))
+        };
+        assert_eq!(
+            rules.on_event(checkpoint("[1,2]")),
+            Action::Checkpoint("[1,2]".into())
+        );
+        assert!(matches!(rules.on_event(checkpoint("")), Action::Fail(_)));
+        assert_eq!(
+            rules.on_event(None),
+            Action::Fail("plugin p@v1 sent an empty event".into())
+        );
+    }
+
+    #[test]
+    fn long_log_lines_are_cut_on_a_character_boundary() {
+        let line = "é".repeat(MAX_LOG_LINE);
+        let cut = cut(line);
+        assert!(cut.ends_with(" [line cut]"));
+        assert!(cut.len() <= MAX_LOG_LINE + " [line cut]".len());
+    }
+
+    #[test]
+    fn stored_events_are_numbered_so_the_last_is_the_count() {
+        let events = vec![
+            TaskEvent::Log { text: "a".into() },
+            TaskEvent::Status {
+                status: "SUCCESS".into(),
+            },
+        ];
+        let ids: Vec<u64> = numbered(events, 7).map(|event| event.id).collect();
+        assert_eq!(ids, [6, 7]);
     }
 }

@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     pub max_output_bytes: u64,
     /// Bearer token checks.
     pub auth: AuthConfig,
+    /// How long a webhook notice is retried before it is given up.
+    pub webhook_retry_for: std::time::Duration,
 }
 
 impl GatewayConfig {
@@ -45,6 +47,7 @@ impl GatewayConfig {
             max_body_bytes: 256 * 1024 * 1024,
             max_output_bytes: 8 * 1024 * 1024 * 1024,
             auth: AuthConfig::default(),
+            webhook_retry_for: std::time::Duration::from_secs(60 * 60),
         }
     }
 }

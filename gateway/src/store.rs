@@ -70,7 +70,7 @@ pub struct StepRecord {
 }
 
 /// A stored file: a task output or an uploaded input.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FileRecord {
     /// Public id, part of the URL.
     pub id: String,
@@ -137,6 +137,8 @@ pub struct TaskRecord {
     pub created_at: i64,
     /// Unix milliseconds, when finished.
     pub finished_at: Option<i64>,
+    /// How many events its stream has stored (the last event's SSE id).
+    pub event_count: i64,
 }
 
 /// A task this call ended.
@@ -148,6 +150,81 @@ pub struct Finished {
     pub created_at: i64,
     /// Unix milliseconds.
     pub finished_at: i64,
+    /// How many events its stream holds now.
+    pub event_count: i64,
+}
+
+/// What a call of a task needs: the task's inputs, the state the plugin handed
+/// over last and, for a continuation, the step submitted and its values.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallRecord {
+    /// The task id.
+    pub id: String,
+    /// The plugin identifier the task started on (its steps resume on it).
+    pub plugin: String,
+    /// The base URL its client used.
+    pub base_url: String,
+    /// The task's validated inputs, as JSON.
+    pub inputs: String,
+    /// The state of the last step or checkpoint (JSON).
+    pub state: Option<String>,
+    /// How many outputs the task had when the state was saved.
+    pub state_outputs: i64,
+    /// The step the call continues, if it is a continuation.
+    #[sqlx(default)]
+    pub step_id: Option<String>,
+    /// The step's submitted values, as JSON.
+    #[sqlx(default)]
+    pub step_inputs: Option<String>,
+}
+
+/// One more run of a task's call.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Attempt {
+    /// Runs of the call, this one included.
+    pub attempts: i64,
+    /// The state to continue from.
+    pub state: Option<String>,
+    /// How many outputs the task keeps.
+    pub state_outputs: i64,
+}
+
+/// Unfinished tasks of one plugin identifier.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct UnfinishedTasks {
+    /// The plugin identifier.
+    pub plugin: String,
+    /// Tasks waiting for a step.
+    pub waiting: i64,
+    /// Tasks whose call runs.
+    pub running: i64,
+}
+
+/// A webhook notice waiting for delivery.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Notice {
+    /// The subscriber.
+    pub webhook_href: String,
+    /// Its order among the subscriber's notices.
+    pub position: i64,
+    /// The task.
+    pub task_id: String,
+    /// The task's absolute URL (the notice's `source`).
+    pub task_url: String,
+    /// `status`, `steps` or `details`.
+    pub event: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// Where a change's webhook notices go: the task's URL (their `source`), and
+/// the webhook events the change causes.
+#[derive(Debug, Clone, Copy)]
+pub struct Notices<'a> {
+    /// The task's absolute URL.
+    pub task_url: &'a str,
+    /// The events, in order, e.g. `["status", "details"]`.
+    pub events: &'a [&'static str],
 }
 
 /// The columns a [`Batch`] sets, with [`Batch::update`]'s parameters.
@@ -157,9 +234,14 @@ macro_rules! batch_columns {
          progress_value = COALESCE($4, progress_value), \
          progress_start = COALESCE($5, progress_start), \
          progress_target = COALESCE($6, progress_target), \
-         progress_unit = COALESCE($7, progress_unit), updated_at = $8"
+         progress_unit = COALESCE($7, progress_unit), updated_at = $8, \
+         events = events || $9, event_count = event_count + $10, \
+         state = COALESCE($11, state), state_outputs = COALESCE($12, state_outputs)"
     };
 }
+
+/// How many parameters [`Batch::update`] binds.
+const BATCH_VALUES: usize = 12;
 
 /// Events of a running task not yet written: the runner collects them and the
 /// store writes them together (see `tasks.md`).
@@ -171,12 +253,30 @@ pub struct Batch {
     pub progress: Option<Progress>,
     /// Finished output files (their bytes are durable already).
     pub outputs: Vec<FileRecord>,
+    /// The events of the task's stream, one JSON object per line, each line
+    /// ended by `\n`.
+    pub events: String,
+    /// How many lines `events` holds.
+    pub event_count: i64,
+    /// A new state to continue from, and the task's output count with it.
+    pub state: Option<(String, i64)>,
 }
 
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.log.is_empty() && self.progress.is_none() && self.outputs.is_empty()
+        self.log.is_empty()
+            && self.progress.is_none()
+            && self.outputs.is_empty()
+            && self.events.is_empty()
+            && self.state.is_none()
+    }
+
+    /// Adds an event of the task's stream (one line of JSON).
+    pub fn event(&mut self, json: &str) {
+        self.events.push_str(json);
+        self.events.push('\n');
+        self.event_count += 1;
     }
 
     /// Adds a log line.
@@ -187,38 +287,31 @@ impl Batch {
         self.log.push_str(line);
     }
 
-    /// `sql` with its parameters bound: $1 the id, $2 the new log text (the
-    /// lines and `reason`), $3 the same after a line end, $4 to $7 the progress
-    /// (NULL: unchanged), $8 the time.
-    fn update<'q>(
-        &'q self,
-        sql: impl sqlx::SqlSafeStr,
-        id: &'q str,
-        reason: Option<&str>,
-        now: i64,
-    ) -> Query<'q> {
-        let mut text = self.log.clone();
-        if let Some(reason) = reason.filter(|reason| !reason.is_empty()) {
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(reason);
-        }
-        let after_line_end = if text.is_empty() {
+    /// `sql` with its parameters bound: $1 the id, $2 the new log lines, $3
+    /// the same after a line end, $4 to $7 the progress (NULL: unchanged), $8
+    /// the time, $9 and $10 the events and their count, $11 and $12 the state
+    /// and its output count (NULL: unchanged).
+    fn update<'q>(&'q self, sql: impl sqlx::SqlSafeStr, id: &'q str, now: i64) -> Query<'q> {
+        let after_line_end = if self.log.is_empty() {
             String::new()
         } else {
-            format!("\n{text}")
+            format!("\n{}", self.log)
         };
         let progress = self.progress.as_ref();
+        let state = self.state.as_ref();
         sqlx::query(sql)
             .bind(id)
-            .bind(text)
+            .bind(self.log.as_str())
             .bind(after_line_end)
             .bind(progress.map(|progress| progress.value))
             .bind(progress.map(|progress| progress.start))
             .bind(progress.map(|progress| progress.target))
             .bind(progress.map(|progress| progress.unit.clone()))
             .bind(now)
+            .bind(self.events.as_str())
+            .bind(self.event_count)
+            .bind(state.map(|(state, _)| state.as_str()))
+            .bind(state.map(|(_, outputs)| *outputs))
     }
 }
 
@@ -242,7 +335,7 @@ pub struct TaskSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database answered with an error or could not be reached.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The migrations could not be applied.
     #[error("failed to migrate the database")]
@@ -402,7 +495,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT t.id, t.plugin, t.status, t.log, t.progress_value, t.progress_start, \
              t.progress_target, t.progress_unit, t.attempts, t.created_at, t.finished_at, \
-             s.step_id, s.form, s.cleared FROM tasks t \
+             t.event_count, s.step_id, s.form, s.cleared FROM tasks t \
              LEFT JOIN task_steps s ON s.task_id = t.id WHERE t.id = $1 ORDER BY s.position",
         )
         .bind(id)
@@ -464,6 +557,7 @@ impl Store {
             outputs,
             created_at: row.try_get("created_at")?,
             finished_at,
+            event_count: row.try_get("event_count")?,
         });
         if task.finished_at.is_some() {
             self.finished.insert(id.to_owned(), task.clone());
@@ -471,157 +565,135 @@ impl Store {
         Ok(Some(task))
     }
 
-    /// Counts one more start of the task; a run after the first starts afresh:
-    /// the steps and outputs of the earlier run are dropped. `None`: the task
-    /// has ended meanwhile.
-    pub async fn begin_attempt(&self, id: &str) -> Result<Option<i64>, StoreError> {
+    /// Counts one more run of the task's current call, which continues from
+    /// the last state saved: the outputs written after it are dropped. `None`:
+    /// the task has ended meanwhile.
+    pub async fn begin_attempt(&self, id: &str) -> Result<Option<Attempt>, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE tasks SET attempts = attempts + 1, progress_value = NULL, updated_at = $2 \
-             WHERE id = $1 AND status = 'PENDING' RETURNING attempts",
+        let attempt: Option<Attempt> = sqlx::query_as(
+            "UPDATE tasks SET attempts = attempts + 1, updated_at = $2 \
+             WHERE id = $1 AND status = 'PENDING' RETURNING attempts, state, state_outputs",
         )
         .bind(id)
         .bind(now_millis())
         .fetch_optional(&mut *transaction)
         .await?;
-        let Some(row) = row else {
+        let Some(attempt) = attempt else {
             return Ok(None);
         };
-        let attempts: i64 = row.try_get("attempts")?;
-        if attempts > 1 {
-            sqlx::query("DELETE FROM task_steps WHERE task_id = $1")
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
-            sqlx::query("DELETE FROM files WHERE task_id = $1 AND kind = 'output'")
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
-        }
+        sqlx::query("DELETE FROM files WHERE task_id = $1 AND kind = 'output' AND position >= $2")
+            .bind(id)
+            .bind(attempt.state_outputs)
+            .execute(&mut *transaction)
+            .await?;
         transaction.commit().await?;
-        Ok(Some(attempts))
+        Ok(Some(attempt))
     }
 
-    /// Appends a line to the task's log.
-    pub async fn append_log(&self, id: &str, line: &str) -> Result<(), StoreError> {
-        // The line end is bound, not written in SQL: the two databases escape differently.
-        sqlx::query(
-            "UPDATE tasks SET log = CASE WHEN log = '' THEN $2 ELSE log || $3 END, \
-             updated_at = $4 WHERE id = $1 AND status = 'PENDING' AND LENGTH(log) < $5",
-        )
-        .bind(id)
-        .bind(line)
-        .bind(format!("\n{line}"))
-        .bind(now_millis())
-        .bind(MAX_LOG_CHARS as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Adds a pending step after the existing ones.
-    pub async fn add_step(&self, id: &str, step_id: &str, form: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO task_steps (task_id, position, step_id, form, cleared) \
-             SELECT $1, COUNT(*), $2, $3, 0 FROM task_steps WHERE task_id = $1 \
-             HAVING EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND status = 'PENDING')",
-        )
-        .bind(id)
-        .bind(step_id)
-        .bind(form)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks the task's uncleared step `step_id` cleared; false when there is none.
-    pub async fn clear_step(&self, id: &str, step_id: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE task_steps SET cleared = 1 WHERE task_id = $1 AND step_id = $2 AND cleared = 0 \
-             AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND status = 'PENDING')",
-        )
-        .bind(id)
-        .bind(step_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    /// Writes a running task's batched events: its output rows and, in the same
-    /// transaction, its new log lines and progress. A task that already ended
-    /// takes none of them.
-    pub async fn write(&self, id: &str, batch: &Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    /// The task waits for a step: its running call's last events (with the
+    /// step's), the state to continue from, the step, and the notices of the
+    /// change, in one transaction. Returns the task's event count, or `None`
+    /// when the task had ended.
+    pub async fn wait_for_step(
+        &self,
+        id: &str,
+        step_id: &str,
+        form: &str,
+        batch: &Batch,
+        notices: Notices<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_millis();
+        let mut transaction = self.pool.begin().await?;
         let update = batch.update(
             concat!(
                 "UPDATE tasks SET ",
                 batch_columns!(),
-                " WHERE id = $1 AND status = 'PENDING'"
+                " WHERE id = $1 AND status = 'PENDING' RETURNING event_count"
             ),
             id,
-            None,
-            now_millis(),
+            now,
         );
-        if batch.outputs.is_empty() {
-            update.execute(&self.pool).await?;
-            return Ok(());
-        }
-        let mut transaction = self.pool.begin().await?;
-        if update.execute(&mut *transaction).await?.rows_affected() == 0 {
-            return Ok(());
-        }
+        let Some(row) = update.fetch_optional(&mut *transaction).await? else {
+            return Ok(None);
+        };
         for output in &batch.outputs {
             insert_file(output).execute(&mut *transaction).await?;
         }
+        sqlx::query(
+            "INSERT INTO task_steps (task_id, position, step_id, form, cleared) \
+             SELECT $1, COUNT(*), $2, $3, 0 FROM task_steps WHERE task_id = $1",
+        )
+        .bind(id)
+        .bind(step_id)
+        .bind(form)
+        .execute(&mut *transaction)
+        .await?;
+        insert_notices(id, notices, now)
+            .execute(&mut *transaction)
+            .await?;
         transaction.commit().await?;
-        Ok(())
+        Ok(Some(row.try_get("event_count")?))
     }
 
-    /// Ends a task: its status, its last batched events and, for a failure, the
-    /// reason appended to its log, in one transaction. A task that already ended
-    /// is left as it is; returns the task when this call ended it.
-    pub async fn finish(
+    /// Marks the task's uncleared step `step_id` submitted with `inputs`
+    /// (JSON), starts a new call (its first attempt) and writes the change's
+    /// notices, in one transaction. Returns what the continuing call needs;
+    /// `None` when no such step waits (already submitted, or the task ended).
+    pub async fn clear_step(
         &self,
         id: &str,
-        status: TaskStatus,
-        reason: Option<&str>,
-        batch: &Batch,
-    ) -> Result<Option<Finished>, StoreError> {
+        step_id: &str,
+        inputs: &str,
+        notices: Notices<'_>,
+    ) -> Result<Option<CallRecord>, StoreError> {
         let now = now_millis();
-        const END: &str = concat!(
-            "UPDATE tasks SET status = $9, finished_at = $8, ",
-            batch_columns!(),
-            " WHERE id = $1 AND status = 'PENDING' RETURNING plugin, created_at"
-        );
-        let finished = |row: AnyRow| -> Result<Finished, StoreError> {
-            Ok(Finished {
-                plugin: row.try_get("plugin")?,
-                created_at: row.try_get("created_at")?,
-                finished_at: now,
-            })
-        };
-        if batch.outputs.is_empty() {
-            let update = batch.update(END, id, reason, now).bind(status.as_str());
-            let row = update.fetch_optional(&self.pool).await?;
-            return row.map(finished).transpose();
+        let mut transaction = self.pool.begin().await?;
+        let cleared = sqlx::query(
+            "UPDATE task_steps SET cleared = 1, inputs = $3 \
+             WHERE task_id = $1 AND step_id = $2 AND cleared = 0 \
+             AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND status = 'PENDING')",
+        )
+        .bind(id)
+        .bind(step_id)
+        .bind(inputs)
+        .execute(&mut *transaction)
+        .await?;
+        if cleared.rows_affected() == 0 {
+            return Ok(None);
         }
-        if self.postgres {
-            // One statement, one round trip: the outputs are inserted only if
-            // the update ended the task.
-            let sql = end_with_outputs(END, batch.outputs.len());
-            let mut update = batch
-                .update(sqlx::AssertSqlSafe(sql), id, reason, now)
-                .bind(status.as_str());
-            for output in &batch.outputs {
-                update = bind_file(update, output);
-            }
+        let mut call: CallRecord = sqlx::query_as(
+            "UPDATE tasks SET attempts = 1, updated_at = $2 WHERE id = $1 \
+             RETURNING id, plugin, base_url, inputs, state, state_outputs",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_one(&mut *transaction)
+        .await?;
+        insert_notices(id, notices, now)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        call.step_id = Some(step_id.to_owned());
+        call.step_inputs = Some(inputs.to_owned());
+        Ok(Some(call))
+    }
+
+    /// Writes a running task's batched events: its output rows and, in the same
+    /// transaction, its new log lines, progress, stream events and state.
+    /// Returns the task's event count after them; `None` (nothing written)
+    /// when the task already ended.
+    pub async fn write(&self, id: &str, batch: &Batch) -> Result<Option<i64>, StoreError> {
+        const WRITE: &str = concat!(
+            "UPDATE tasks SET ",
+            batch_columns!(),
+            " WHERE id = $1 AND status = 'PENDING' RETURNING event_count"
+        );
+        let update = batch.update(WRITE, id, now_millis());
+        if batch.outputs.is_empty() {
             let row = update.fetch_optional(&self.pool).await?;
-            return row.map(finished).transpose();
+            return Ok(row.map(|row| row.try_get("event_count")).transpose()?);
         }
         let mut transaction = self.pool.begin().await?;
-        let update = batch.update(END, id, reason, now).bind(status.as_str());
         let Some(row) = update.fetch_optional(&mut *transaction).await? else {
             return Ok(None);
         };
@@ -629,26 +701,154 @@ impl Store {
             insert_file(output).execute(&mut *transaction).await?;
         }
         transaction.commit().await?;
+        Ok(Some(row.try_get("event_count")?))
+    }
+
+    /// Ends a task: its status, its last batched events (the reason of a
+    /// failure among its log lines, the `status` event last) and its notices,
+    /// in one transaction. A task that already ended is left as it is;
+    /// returns the task when this call ended it.
+    pub async fn finish(
+        &self,
+        id: &str,
+        status: TaskStatus,
+        batch: &Batch,
+        notices: Notices<'_>,
+    ) -> Result<Option<Finished>, StoreError> {
+        let now = now_millis();
+        const END: &str = concat!(
+            "UPDATE tasks SET status = $13, finished_at = $8, ",
+            batch_columns!(),
+            " WHERE id = $1 AND status = 'PENDING' RETURNING plugin, created_at, event_count"
+        );
+        let finished = |row: AnyRow| -> Result<Finished, StoreError> {
+            Ok(Finished {
+                plugin: row.try_get("plugin")?,
+                created_at: row.try_get("created_at")?,
+                finished_at: now,
+                event_count: row.try_get("event_count")?,
+            })
+        };
+        if self.postgres {
+            // One statement, one round trip: the outputs and notices are
+            // inserted only if the update ended the task.
+            let sql = end_in_one_statement(END, batch.outputs.len(), notices);
+            let mut update = batch
+                .update(sqlx::AssertSqlSafe(sql), id, now)
+                .bind(status.as_str())
+                .bind(notices.task_url)
+                .bind(notice_position(notices.events.len()));
+            for output in &batch.outputs {
+                update = bind_file(update, output);
+            }
+            let row = update.fetch_optional(&self.pool).await?;
+            return row.map(finished).transpose();
+        }
+        let mut transaction = self.pool.begin().await?;
+        let update = batch.update(END, id, now).bind(status.as_str());
+        let Some(row) = update.fetch_optional(&mut *transaction).await? else {
+            return Ok(None);
+        };
+        for output in &batch.outputs {
+            insert_file(output).execute(&mut *transaction).await?;
+        }
+        insert_notices(id, notices, now)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
         finished(row).map(Some)
     }
 
-    /// Id, plugin and base URL of the tasks that have not ended, oldest first.
-    pub async fn pending_tasks(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, plugin, base_url FROM tasks WHERE status = 'PENDING' ORDER BY created_at",
+    /// The tasks that have not ended and wait for no step (their call was
+    /// running when the gateway stopped), oldest first, with what their call
+    /// needs to run again.
+    pub async fn running_tasks(&self) -> Result<Vec<CallRecord>, StoreError> {
+        let calls = sqlx::query_as(
+            "SELECT t.id, t.plugin, t.base_url, t.inputs, t.state, t.state_outputs, \
+             s.step_id, s.inputs AS step_inputs FROM tasks t \
+             LEFT JOIN task_steps s ON s.task_id = t.id AND s.position = \
+               (SELECT MAX(position) FROM task_steps l WHERE l.task_id = t.id) \
+             WHERE t.status = 'PENDING' AND NOT EXISTS \
+               (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0) \
+             ORDER BY t.created_at",
         )
         .fetch_all(&self.pool)
         .await?;
+        Ok(calls)
+    }
+
+    /// Per plugin identifier, how many unfinished tasks wait for a step and
+    /// how many run (an operator retires an old version once both are 0).
+    pub async fn unfinished_by_plugin(&self) -> Result<Vec<UnfinishedTasks>, StoreError> {
+        let counts = sqlx::query_as(
+            "SELECT t.plugin, \
+             SUM(CASE WHEN EXISTS (SELECT 1 FROM task_steps w \
+               WHERE w.task_id = t.id AND w.cleared = 0) THEN 1 ELSE 0 END) AS waiting, \
+             SUM(CASE WHEN EXISTS (SELECT 1 FROM task_steps w \
+               WHERE w.task_id = t.id AND w.cleared = 0) THEN 0 ELSE 1 END) AS running \
+             FROM tasks t WHERE t.status = 'PENDING' GROUP BY t.plugin ORDER BY t.plugin",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(counts)
+    }
+
+    /// The task's stored events after the first `after` (JSON lines, the
+    /// first of them having SSE id `after + 1`), and whether the task ended.
+    pub async fn events_after(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<Option<(Vec<String>, bool)>, StoreError> {
+        let row = sqlx::query("SELECT events, status FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let events: String = row.try_get("events")?;
+        let status: String = row.try_get("status")?;
+        let after = usize::try_from(after).unwrap_or(usize::MAX);
+        let lines = events.lines().skip(after).map(str::to_owned).collect();
+        Ok(Some((lines, status != TaskStatus::Pending.as_str())))
+    }
+
+    /// Subscribers with notices waiting.
+    pub async fn notice_subscribers(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT webhook_href FROM notices")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("id")?,
-                    row.try_get("plugin")?,
-                    row.try_get("base_url")?,
-                ))
-            })
+            .map(|row| row.try_get("webhook_href"))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// A subscriber's next notices, oldest first.
+    pub async fn notices(&self, href: &str, limit: i64) -> Result<Vec<Notice>, StoreError> {
+        let notices = sqlx::query_as(
+            "SELECT webhook_href, position, task_id, task_url, event, created_at FROM notices \
+             WHERE webhook_href = $1 ORDER BY position, task_id LIMIT $2",
+        )
+        .bind(href)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(notices)
+    }
+
+    /// Forgets a notice (delivered, or given up).
+    pub async fn delete_notice(&self, notice: &Notice) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM notices WHERE webhook_href = $1 AND position = $2 AND task_id = $3",
+        )
+        .bind(&notice.webhook_href)
+        .bind(notice.position)
+        .bind(&notice.task_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The newest tasks: id, plugin, status, created and finished (Unix ms).
@@ -725,22 +925,6 @@ impl Store {
         .await?;
         Ok(())
     }
-
-    /// The webhooks to call for `event` of a task.
-    pub async fn subscribers(&self, id: &str, event: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT webhook_href FROM subscriptions WHERE task_id = $1 \
-             AND (event = '' OR event = $2) ORDER BY webhook_href",
-        )
-        .bind(id)
-        .bind(event)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| row.try_get("webhook_href"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -778,13 +962,18 @@ fn bind_file<'q>(query: Query<'q>, file: &'q FileRecord) -> Query<'q> {
         .bind(file.inline.as_deref().map(<[u8]>::to_vec))
 }
 
-/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $9) and the
-/// insert of `outputs` file rows (parameters from $10 on), in one statement;
-/// the rows are inserted only when the update matched.
-fn end_with_outputs(end: &str, outputs: usize) -> String {
+/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $13), the
+/// notices of the change (task URL $14, first position $15) and the insert of
+/// `outputs` file rows (parameters from $16 on), in one statement; the rows are
+/// inserted only when the update matched.
+fn end_in_one_statement(end: &str, outputs: usize, notices: Notices<'_>) -> String {
     let mut sql = format!("WITH ended AS ({end})");
+    if !notices.events.is_empty() {
+        let insert = notices_sql(notices.events, ["$1", "$14", "$15", "$8"], ", ended");
+        sql.push_str(&format!(", notices_sent AS ({insert})"));
+    }
     for output in 0..outputs {
-        let first = 10 + output * FILE_VALUES;
+        let first = BATCH_VALUES + 4 + output * FILE_VALUES;
         let values: Vec<String> = (first..first + FILE_VALUES)
             .map(|parameter| format!("${parameter}"))
             .collect();
@@ -793,8 +982,66 @@ fn end_with_outputs(end: &str, outputs: usize) -> String {
             values.join(", ")
         ));
     }
-    sql.push_str(" SELECT plugin, created_at FROM ended");
+    sql.push_str(" SELECT plugin, created_at, event_count FROM ended");
     sql
+}
+
+/// The insert of a change's notices: a row per event and subscriber of it,
+/// with consecutive positions. `parameters` name the task id, the task URL,
+/// the first position and the time; `also_from` joins another table (the row
+/// the change updated) so nothing is inserted without it.
+fn notices_sql(events: &[&str], parameters: [&str; 4], also_from: &str) -> String {
+    let [task, task_url, position, now] = parameters;
+    let selects: Vec<String> = events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let position = match index {
+                0 => position.to_owned(),
+                _ => format!("{position} + {index}"),
+            };
+            format!(
+                "SELECT DISTINCT s.webhook_href, {position}, {task}, {task_url}, '{event}', {now} \
+                 FROM subscriptions s{also_from} \
+                 WHERE s.task_id = {task} AND s.event IN ('', '{event}')"
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO notices (webhook_href, position, task_id, task_url, event, created_at) {}",
+        selects.join(" UNION ALL ")
+    )
+}
+
+/// The notices of a change, as a statement of its own (in the change's
+/// transaction).
+fn insert_notices<'q>(id: &'q str, notices: Notices<'q>, now: i64) -> Query<'q> {
+    let sql = notices_sql(notices.events, ["$1", "$2", "$3", "$4"], "");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(notices.task_url)
+        .bind(notice_position(notices.events.len()))
+        .bind(now)
+}
+
+/// Positions for `count` new notices: after every earlier one of this process
+/// (and about the time in microseconds, so another process's interleave).
+fn notice_position(count: usize) -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let count = i64::try_from(count).unwrap_or(1).max(1);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    let mut first = now;
+    let update = LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+        first = now.max(last + 1);
+        Some(first + count - 1)
+    });
+    // The closure never refuses, so the update always succeeds.
+    let _always_ok = update;
+    first
 }
 
 fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {

@@ -3,7 +3,7 @@
 //! boundary between protobuf/database types and the contract's camelCase.
 
 use corral_proto::plugin::v1::{self as pb, PluginType};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
@@ -131,17 +131,73 @@ pub(crate) struct TaskStatus {
     links: Vec<Link>,
 }
 
+/// One event of a task's stream (`GET /tasks/<id>/events`): the SSE event's
+/// name is the variant's, its data the content. Every event is stored with its
+/// task, in order, its position (from 1) being the SSE `id`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", content = "data", rename_all = "lowercase")]
+pub(crate) enum TaskEvent {
+    /// A line of the task log.
+    Log {
+        /// The line.
+        text: String,
+    },
+    /// The task's progress.
+    Progress(Progress),
+    /// The task waits for this step.
+    Step(Step),
+    /// An output file is complete (and can be fetched).
+    Output(Output),
+    /// The task ended; always the last event.
+    Status {
+        /// `SUCCESS` or `FAILURE`.
+        status: String,
+    },
+}
+
+impl TaskEvent {
+    /// The SSE event name.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Log { .. } => "log",
+            Self::Progress(_) => "progress",
+            Self::Step(_) => "step",
+            Self::Output(_) => "output",
+            Self::Status { .. } => "status",
+        }
+    }
+
+    /// The SSE data: the content as JSON.
+    pub(crate) fn data(&self) -> String {
+        let data = match self {
+            Self::Log { text } => serde_json::to_string(&serde_json::json!({ "text": text })),
+            Self::Progress(progress) => serde_json::to_string(progress),
+            Self::Step(step) => serde_json::to_string(step),
+            Self::Output(output) => serde_json::to_string(output),
+            Self::Status { status } => {
+                serde_json::to_string(&serde_json::json!({ "status": status }))
+            }
+        };
+        data.expect("a task event always serializes: strings and integers only")
+    }
+
+    /// Whether this event ends the task's stream.
+    pub(crate) fn is_final(&self) -> bool {
+        matches!(self, Self::Status { .. })
+    }
+}
+
 /// Progress of a task.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Progress {
-    value: i64,
-    start: i64,
-    target: i64,
-    unit: String,
+    pub(crate) value: i64,
+    pub(crate) start: i64,
+    pub(crate) target: i64,
+    pub(crate) unit: String,
 }
 
 /// A step of a multi-step task.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Step {
     href: String,
@@ -151,7 +207,7 @@ pub(crate) struct Step {
 }
 
 /// An output file of a task.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Output {
     /// Absolute download URL, with its secret.

@@ -1,22 +1,31 @@
-//! Webhook delivery, off the request path: one worker POSTs each notice to the
-//! task's subscribers in order, with a timeout and bounded retries.
+//! Webhook delivery from the outbox: every notice is a row of `notices`,
+//! written in the transaction of the change that causes it, so a commit's
+//! notices survive any crash. A dispatcher keeps one worker per subscriber
+//! with notices waiting; each worker delivers its subscriber's notices in
+//! order, retrying a failed one with backoff for a bounded time, and deletes
+//! each once delivered (or given up). A slow or dead subscriber holds up only
+//! its own notices.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
+use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
-use crate::{store::Store, urls::BaseUrl};
+use crate::store::{Notice, Store, now_millis};
 
-/// How many notices may wait for delivery before task runners wait.
-const QUEUE: usize = 1024;
 /// Deadline of one POST.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Delays before the retries of a failed POST.
-const RETRY_DELAYS: [Duration; 3] = [
-    Duration::from_millis(200),
-    Duration::from_secs(1),
-    Duration::from_secs(3),
-];
+/// The first delay after a failed POST; it doubles up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest delay between two tries of a notice.
+const MAX_DELAY: Duration = Duration::from_secs(10);
+/// How often the outbox is looked at without being woken (notices another
+/// process wrote, or one written as a worker was leaving).
+const POLL: Duration = Duration::from_millis(500);
+/// How many notices a worker reads at once.
+const READ_AHEAD: i64 = 32;
+/// How many subscribers are delivered to at the same time.
+const MAX_WORKERS: usize = 256;
 
 /// Which change a notice reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,81 +49,135 @@ impl WebhookEvent {
     }
 }
 
-#[derive(Debug)]
-struct Notice {
-    task_id: String,
-    task_url: String,
-    event: WebhookEvent,
-}
-
-/// The sending end of the delivery worker.
+/// The outbox's delivery: wake it after committing notices.
 #[derive(Debug, Clone)]
 pub(crate) struct Webhooks {
-    queue: mpsc::Sender<Notice>,
+    wake: Arc<Notify>,
 }
 
 impl Webhooks {
-    /// Starts the delivery worker.
-    pub(crate) fn start(store: Store) -> Self {
-        let (queue, mut notices) = mpsc::channel::<Notice>(QUEUE);
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .unwrap_or_default();
-        tokio::spawn(async move {
-            while let Some(notice) = notices.recv().await {
-                let subscribers = match store
-                    .subscribers(&notice.task_id, notice.event.as_str())
-                    .await
-                {
-                    Ok(subscribers) => subscribers,
-                    Err(error) => {
-                        tracing::error!(task = %notice.task_id, %error, "failed to read webhook subscribers");
-                        continue;
-                    }
-                };
-                for href in subscribers {
-                    deliver(&client, &href, &notice).await;
-                }
-            }
-        });
-        Self { queue }
+    /// Starts the dispatcher; it stops at `shutdown` (what is not delivered
+    /// stays in the outbox for the next start). A notice not delivered within
+    /// `retry_for` of its change is given up, with an error in the log.
+    pub(crate) fn start(
+        store: Store,
+        retry_for: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        let wake = Arc::new(Notify::new());
+        let dispatcher = Dispatcher {
+            store,
+            client,
+            retry_for,
+            shutdown,
+            wake: wake.clone(),
+            workers: HashMap::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_WORKERS)),
+        };
+        tokio::spawn(dispatcher.run());
+        Ok(Self { wake })
     }
 
-    /// Queues `events` of a task, in order, without waiting: a full queue drops
-    /// the notice with a warning rather than hold up a request or a task.
-    pub(crate) fn notify(&self, task_id: &str, base: &BaseUrl, events: &[WebhookEvent]) {
-        let task_url = base.absolute(&format!("/tasks/{task_id}/"));
-        for event in events {
-            let notice = Notice {
-                task_id: task_id.to_owned(),
-                task_url: task_url.clone(),
-                event: *event,
+    /// Tells the dispatcher that notices were committed.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+struct Dispatcher {
+    store: Store,
+    client: reqwest::Client,
+    retry_for: Duration,
+    shutdown: CancellationToken,
+    wake: Arc<Notify>,
+    /// The worker of each subscriber with notices waiting.
+    workers: HashMap<String, JoinHandle<()>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Dispatcher {
+    async fn run(mut self) {
+        loop {
+            self.workers.retain(|_, worker| !worker.is_finished());
+            match self.store.notice_subscribers().await {
+                Ok(subscribers) => {
+                    for href in subscribers {
+                        if !self.workers.contains_key(&href) {
+                            let worker = self.worker(href.clone());
+                            self.workers.insert(href, tokio::spawn(worker));
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "failed to read the webhook outbox"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Delivers `href`'s notices in order until none is left.
+    fn worker(&self, href: String) -> impl Future<Output = ()> + use<> {
+        let (store, client) = (self.store.clone(), self.client.clone());
+        let (retry_for, shutdown) = (self.retry_for, self.shutdown.clone());
+        let slots = self.slots.clone();
+        async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
             };
-            if let Err(error) = self.queue.try_send(notice) {
-                tracing::warn!(task = %task_id, %error, "webhook notice dropped");
+            loop {
+                let notices = match store.notices(&href, READ_AHEAD).await {
+                    Ok(notices) if notices.is_empty() => return,
+                    Ok(notices) => notices,
+                    Err(error) => {
+                        tracing::error!(%href, %error, "failed to read webhook notices");
+                        return;
+                    }
+                };
+                for notice in notices {
+                    tokio::select! {
+                        () = deliver(&client, &notice, retry_for) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    if let Err(error) = store.delete_notice(&notice).await {
+                        // Delivered again later: at least once.
+                        tracing::error!(%href, %error, "failed to forget a delivered notice");
+                        return;
+                    }
+                }
             }
         }
     }
 }
 
-async fn deliver(client: &reqwest::Client, href: &str, notice: &Notice) {
+/// POSTs a notice until its subscriber takes it (a 2xx answer), or until
+/// `retry_for` after its change has passed.
+async fn deliver(client: &reqwest::Client, notice: &Notice, retry_for: Duration) {
+    let href = &notice.webhook_href;
     let Ok(mut url) = url::Url::parse(href) else {
-        tracing::warn!(%href, "invalid webhook URL");
+        tracing::warn!(%href, "invalid webhook URL; notice dropped");
         return;
     };
     url.query_pairs_mut()
         .append_pair("source", &notice.task_url)
-        .append_pair("event", notice.event.as_str());
-    for delay in std::iter::once(Duration::ZERO).chain(RETRY_DELAYS) {
-        tokio::time::sleep(delay).await;
+        .append_pair("event", &notice.event);
+    let give_up_at =
+        notice.created_at + i64::try_from(retry_for.as_millis()).unwrap_or(i64::MAX);
+    let mut delay = FIRST_DELAY;
+    loop {
         match client.post(url.clone()).send().await {
             Ok(response) if response.status().is_success() => return,
-            Ok(response) => {
-                tracing::warn!(%url, status = %response.status(), "webhook refused");
-            }
+            Ok(response) => tracing::warn!(%url, status = %response.status(), "webhook refused"),
             Err(error) => tracing::warn!(%url, %error, "webhook failed"),
         }
+        if now_millis() >= give_up_at {
+            tracing::error!(%url, task = %notice.task_id, "webhook not delivered in time; notice dropped");
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_DELAY);
     }
-    tracing::error!(%url, task = %notice.task_id, "webhook not delivered after retries");
 }

@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection  # noqa: E402
 plugin_pb2, plugin_grpc = grpc.protos_and_services("corral/plugin/v1/plugin.proto")
 supervisor_pb2, supervisor_grpc = grpc.protos_and_services("corral/supervisor/v1/supervisor.proto")
 
+# The plugin protocol this file speaks: a step ends the call (it asks for none).
+PROTOCOL_VERSION = 2
 MAX_CHUNK = 1024 * 1024
 MAX_DATA = 64 * 1024 * 1024
 MAX_ROWS = 10_000
@@ -110,9 +112,6 @@ class CsvVisualization(plugin_grpc.PluginServicer):
         yield plugin_pb2.InvokeEvent(output_end=plugin_pb2.OutputEnd())
         yield plugin_pb2.InvokeEvent(result=plugin_pb2.TaskResult())
 
-    def SubmitStep(self, request, context):
-        context.abort(grpc.StatusCode.NOT_FOUND, f"no task {request.task_id!r} waits for a step")
-
     def Render(self, request, context):
         url = request.inputs.get("data")
         if not url:
@@ -148,7 +147,7 @@ def main():
             supervisor_grpc.RegistryStub(channel).Register(
                 supervisor_pb2.RegisterRequest(
                     token=os.environ["CORRAL_PLUGIN_TOKEN"],
-                    protocol_version=1,
+                    protocol_version=PROTOCOL_VERSION,
                     address=address,
                     metadata=metadata(),
                 ),

@@ -11,7 +11,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
 
 /// The protocol version this crate speaks (`RegisterRequest.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: a step ends the plugin's call and the gateway keeps the task's
+/// state; version 1 (a step waiting inside the call, `SubmitStep`) is refused.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The largest state (JSON) a plugin may hand over with a step or checkpoint.
+pub const MAX_STATE_BYTES: usize = 1024 * 1024;
 
 /// The `bytes` crate of the generated types (`OutputChunk.data`), for SDKs that
 /// send chunks without copying them.

@@ -3,13 +3,15 @@
 //! plugin almost nothing, so the figures measure the gateway and its file store.
 
 use corral_proto::bytes::Bytes;
-use corral_sdk::{Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
+use corral_sdk::{Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task};
 
 const CHUNK: usize = corral_proto::MAX_OUTPUT_CHUNK;
 
 struct Bulk;
 
 impl Plugin for Bulk {
+    type State = ();
+
     fn metadata(&self) -> Metadata {
         Metadata::new("bulk", "v1.0.0", PluginType::Processing)
             .title("Bulk output")
@@ -17,7 +19,7 @@ impl Plugin for Bulk {
             .input(Field::text("size", "Bytes to write (default 1 GiB)"))
     }
 
-    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<Next<()>, Error> {
         let size: u64 = match inputs.get("size") {
             Some(size) => size.parse().map_err(|_| {
                 Error::task(format!("`size` must be a number of bytes, not {size:?}"))
@@ -34,7 +36,8 @@ impl Plugin for Bulk {
             output.write_bytes(chunk.slice(..take)).await?;
             left -= take as u64;
         }
-        output.finish().await
+        output.finish().await?;
+        Ok(Next::Done)
     }
 }
 

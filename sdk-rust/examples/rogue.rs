@@ -102,13 +102,6 @@ impl Plugin for Rogue {
         Ok(Response::new(Box::pin(tokio_stream::iter(events))))
     }
 
-    async fn submit_step(
-        &self,
-        _request: Request<pb::SubmitStepRequest>,
-    ) -> Result<Response<pb::SubmitStepResponse>, Status> {
-        Err(Status::not_found("no step waits"))
-    }
-
     async fn render(
         &self,
         _request: Request<pb::RenderRequest>,
@@ -137,7 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     client
         .register(corral_proto_client::RegisterRequest {
             token: std::env::var("CORRAL_PLUGIN_TOKEN")?,
-            protocol_version: 1,
+            protocol_version: corral_proto::PROTOCOL_VERSION,
             address: address.to_string(),
             metadata: Some(metadata()),
         })

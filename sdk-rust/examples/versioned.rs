@@ -4,7 +4,7 @@
 //! reads that URL, so a test decides when it goes on; with `step` it then waits
 //! for a step `confirm`.
 
-use corral_sdk::{Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
+use corral_sdk::{Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Step, Task};
 
 struct Versioned {
     name: String,
@@ -12,6 +12,8 @@ struct Versioned {
 }
 
 impl Plugin for Versioned {
+    type State = ();
+
     fn metadata(&self) -> Metadata {
         Metadata::new(&self.name, &self.version, PluginType::Processing)
             .title("Versioned echo")
@@ -20,23 +22,30 @@ impl Plugin for Versioned {
             .input(Field::boolean("step", "Wait for a step"))
     }
 
-    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<Next<()>, Error> {
         if let Some(gate) = inputs.get("gate") {
             task.read_data(gate).await?;
         }
         if inputs.get("step") == Some("true") {
-            let answer = task
-                .step("confirm", vec![Field::text("answer", "Answer").required()])
-                .await?;
-            task.log(format!("confirmed: {}", answer.get("answer").unwrap_or("")))
-                .await?;
+            let form = vec![Field::text("answer", "Answer").required()];
+            return Ok(Next::step("confirm", form, ()));
         }
-        task.log(format!(
-            "{} says: {}",
-            self.version,
-            inputs.get("text").unwrap_or("")
-        ))
-        .await
+        self.echo(&task).await?;
+        Ok(Next::Done)
+    }
+
+    async fn step(&self, task: Task, step: Step<()>) -> Result<Next<()>, Error> {
+        let answer = step.inputs.get("answer").unwrap_or("");
+        task.log(format!("confirmed: {answer}")).await?;
+        self.echo(&task).await?;
+        Ok(Next::Done)
+    }
+}
+
+impl Versioned {
+    async fn echo(&self, task: &Task) -> Result<(), Error> {
+        let text = task.inputs().get("text").unwrap_or("");
+        task.log(format!("{} says: {text}", self.version)).await
     }
 }
 

@@ -6,11 +6,13 @@
 //! shuts down gracefully on SIGTERM. A complete plugin:
 //!
 //! ```no_run
-//! use corral_sdk::{DataOutput, Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
+//! use corral_sdk::{DataOutput, Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task};
 //!
 //! struct HelloWorld;
 //!
 //! impl Plugin for HelloWorld {
+//!     type State = ();
+//!
 //!     fn metadata(&self) -> Metadata {
 //!         Metadata::new("hello-world", "v0.2.1", PluginType::Processing)
 //!             .title("Hello World")
@@ -24,11 +26,12 @@
 //!             )
 //!     }
 //!
-//!     async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+//!     async fn invoke(&self, task: Task, inputs: Inputs) -> Result<Next<()>, Error> {
 //!         let text = inputs.require("inputStr")?.replace("input", "output");
 //!         task.log(format!("result: '{text}'")).await?;
 //!         task.output_bytes("out.txt", "custom/hello-world-output", "text/plain", text)
-//!             .await
+//!             .await?;
+//!         Ok(Next::Done)
 //!     }
 //! }
 //!
@@ -37,6 +40,12 @@
 //!     corral_sdk::serve(HelloWorld).await
 //! }
 //! ```
+//!
+//! A task that asks a person for input returns [`Next::step`] with a typed
+//! state (any serde type); [`Plugin::step`] continues it when the step's form
+//! is submitted, in any process of the plugin: `plugins/hello-world-multi-step`
+//! is one, `plugins/manual-classification` loops over many steps. A long
+//! call can save [`Task::checkpoint`]s to continue from should it crash.
 //!
 //! The environment the supervisor passes, and what any plugin must serve, is
 //! described in `docs/plugin-protocol.md`.
@@ -52,4 +61,4 @@ pub use data::read_data;
 pub use error::Error;
 pub use metadata::{DataInput, DataOutput, Field, Metadata, PluginType};
 pub use server::{Plugin, serve};
-pub use task::{Inputs, Output, Task};
+pub use task::{Inputs, Next, Output, Step, StepRequest, Task};

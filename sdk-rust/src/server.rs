@@ -14,9 +14,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 
+use serde::{Serialize, de::DeserializeOwned};
+
 use crate::{
     Error, Metadata,
-    task::{Inputs, PendingSteps, Task},
+    task::{Inputs, Next, Step, Task, encode_state},
 };
 
 /// How long in-flight calls may run after SIGTERM before the server stops.
@@ -25,13 +27,38 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const EVENT_BUFFER: usize = 16;
 
 /// A plugin: its metadata and what it does with a task.
+///
+/// A task runs as one or more calls: [`Plugin::invoke`] starts it; a call may
+/// end it ([`Next::Done`]) or ask for a step ([`Next::step`]) with a state the
+/// gateway keeps; when the step's form is submitted, [`Plugin::step`]
+/// continues the task from that state, in whichever process of the plugin runs
+/// then. A task waiting for a step survives every restart.
 pub trait Plugin: Send + Sync + 'static {
+    /// What a task keeps between its calls (JSON, at most 1 MiB); `()` for a
+    /// plugin without steps or checkpoints.
+    type State: Serialize + DeserializeOwned + Send + Sync + 'static;
+
     /// Who the plugin is and what its form asks for. Called once at start.
     fn metadata(&self) -> Metadata;
 
-    /// Runs one task. Return `Ok` for `SUCCESS`; an [`Error::task`] fails the task
-    /// with its message.
-    fn invoke(&self, task: Task, inputs: Inputs) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Starts a task. Return [`Next::Done`] for `SUCCESS` or a step to wait
+    /// for; an [`Error::task`] fails the task with its message.
+    fn invoke(
+        &self,
+        task: Task<Self::State>,
+        inputs: Inputs,
+    ) -> impl Future<Output = Result<Next<Self::State>, Error>> + Send;
+
+    /// Continues a task after its step `step.id` was submitted. The default
+    /// fails the task: a plugin that asks for steps overrides it.
+    fn step(
+        &self,
+        task: Task<Self::State>,
+        step: Step<Self::State>,
+    ) -> impl Future<Output = Result<Next<Self::State>, Error>> + Send {
+        let _ = task;
+        async move { Err(Error::task(format!("this plugin has no step `{}`", step.id))) }
+    }
 
     /// An HTML fragment for the plugin's page, e.g. a visualization of the data
     /// in `inputs`. Not implemented unless overridden.
@@ -70,7 +97,6 @@ pub async fn serve<P: Plugin>(plugin: P) -> Result<(), Error> {
     let service = PluginService {
         plugin: Arc::new(plugin),
         metadata: metadata.to_proto(),
-        steps: PendingSteps::default(),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(
@@ -157,7 +183,41 @@ impl StopSignals {
 struct PluginService<P> {
     plugin: Arc<P>,
     metadata: pb::PluginMetadata,
-    steps: PendingSteps,
+}
+
+/// The state a call continues from; `None` when the gateway has none.
+fn decode_state<S: DeserializeOwned>(state: &str) -> Result<Option<S>, Status> {
+    if state.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(state)
+        .map(Some)
+        .map_err(|error| Status::invalid_argument(format!("the task's state does not fit: {error}")))
+}
+
+/// The event that ends a call.
+fn terminal<S: Serialize>(outcome: Result<Next<S>, Error>) -> Event {
+    let next = match outcome {
+        Ok(next) => next,
+        Err(error) => {
+            return Event::Error(pb::TaskError {
+                message: error.to_string(),
+            });
+        }
+    };
+    match next {
+        Next::Done => Event::Result(pb::TaskResult {}),
+        Next::Step(step) => match encode_state(&step.state) {
+            Ok(state) => Event::StepRequired(pb::StepRequired {
+                step_id: step.id,
+                inputs: step.fields.into_iter().map(crate::Field::into_proto).collect(),
+                state,
+            }),
+            Err(error) => Event::Error(pb::TaskError {
+                message: error.to_string(),
+            }),
+        },
+    }
 }
 
 #[tonic::async_trait]
@@ -179,12 +239,33 @@ impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
         if request.task_id.is_empty() {
             return Err(Status::invalid_argument("task_id must not be empty"));
         }
+        let state = decode_state::<P::State>(&request.state)?;
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
-        let task = Task::new(request.task_id, events.clone(), self.steps.clone());
         let plugin = self.plugin.clone();
         let inputs = Inputs::from(request.inputs);
+        let attempt = request.attempt.max(1);
+        let run = if request.step_id.is_empty() {
+            let task = Task::new(request.task_id, attempt, inputs.clone(), state, events.clone());
+            tokio::spawn(async move { plugin.invoke(task, inputs).await })
+        } else {
+            // A continuation always has the state its step was asked with
+            // (`null` for a plugin whose state is `()`).
+            let state = match state {
+                Some(state) => state,
+                None => decode_state::<P::State>("null")?.ok_or_else(|| {
+                    Status::invalid_argument("a step's continuation needs the task's state")
+                })?,
+            };
+            let step = Step {
+                id: request.step_id,
+                inputs: Inputs::from(request.step_inputs),
+                state,
+            };
+            let task = Task::new(request.task_id, attempt, inputs, None, events.clone());
+            tokio::spawn(async move { plugin.step(task, step).await })
+        };
         tokio::spawn(async move {
-            let mut run = tokio::spawn(async move { plugin.invoke(task, inputs).await });
+            let mut run = run;
             let outcome = tokio::select! {
                 outcome = &mut run => outcome,
                 () = events.closed() => {
@@ -193,12 +274,9 @@ impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
                 }
             };
             let terminal = match outcome {
-                Ok(Ok(())) => Event::Result(pb::TaskResult {}),
                 // Cancelled because the caller went away: nobody to tell.
                 Ok(Err(Error::Cancelled)) if events.is_closed() => return,
-                Ok(Err(error)) => Event::Error(pb::TaskError {
-                    message: error.to_string(),
-                }),
+                Ok(outcome) => terminal(outcome),
                 Err(join_error) if join_error.is_panic() => Event::Error(pb::TaskError {
                     message: "the plugin panicked while running the task".into(),
                 }),
@@ -211,28 +289,6 @@ impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
                 .await;
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
-    }
-
-    async fn submit_step(
-        &self,
-        request: Request<pb::SubmitStepRequest>,
-    ) -> Result<Response<pb::SubmitStepResponse>, Status> {
-        let request = request.into_inner();
-        let waiting = self
-            .steps
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .remove(&(request.task_id.clone(), request.step_id.clone()));
-        let Some((_, deliver)) = waiting else {
-            return Err(Status::not_found(format!(
-                "no task `{}` waits for step `{}`",
-                request.task_id, request.step_id
-            )));
-        };
-        deliver
-            .send(Inputs::from(request.inputs))
-            .map_err(|_| Status::not_found("the task ended before the step was submitted"))?;
-        Ok(Response::new(pb::SubmitStepResponse {}))
     }
 
     async fn render(

@@ -1,13 +1,12 @@
-//! The handle a running task uses to report back: log lines, progress, output
-//! files, steps that wait for input, and reading data inputs.
+//! What a running call of a task uses to report back: log lines, progress,
+//! output files, checkpoints, and reading data inputs; and what it returns: the
+//! task's end, or a step the task waits for.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, marker::PhantomData};
 
 use corral_proto::plugin::v1::{self as pb, invoke_event::Event};
-use tokio::sync::{mpsc, oneshot};
+use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::{Error, Field, data};
 
@@ -51,34 +50,118 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Inputs {
     }
 }
 
-pub(crate) type EventSender = mpsc::Sender<Result<pb::InvokeEvent, tonic::Status>>;
-
-/// Tasks waiting for a step's input: (task id, step id) → the waiting call's
-/// number and where to deliver the input.
-pub(crate) type PendingSteps = Arc<Mutex<StepWaits>>;
-
-/// (task id, step id) → the waiting call's number and where to deliver the input.
-pub(crate) type StepWaits = HashMap<(String, String), (u64, oneshot::Sender<Inputs>)>;
-
-static NEXT_WAIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// One running task. Every method fails with [`Error::Cancelled`] once the
-/// gateway dropped the call; return that error and the task ends.
+/// How a call of a task ends well: the task is done, or it waits for a step.
 #[derive(Debug)]
-pub struct Task {
-    id: String,
-    events: EventSender,
-    steps: PendingSteps,
+pub enum Next<S> {
+    /// The task succeeded.
+    Done,
+    /// The task waits for a step's input; see [`Next::step`].
+    Step(StepRequest<S>),
 }
 
-impl Task {
-    pub(crate) fn new(id: String, events: EventSender, steps: PendingSteps) -> Self {
-        Self { id, events, steps }
+impl<S> Next<S> {
+    /// The task waits for step `id` with the form `fields` (their defaults
+    /// prefill it). The gateway keeps `state`; when the form is submitted,
+    /// [`Plugin::step`](crate::Plugin::step) continues the task with it, in
+    /// whichever process of the plugin is running then.
+    pub fn step(id: impl Into<String>, fields: Vec<Field>, state: S) -> Self {
+        Self::Step(StepRequest {
+            id: id.into(),
+            fields,
+            state,
+        })
+    }
+}
+
+/// A step the task waits for.
+#[derive(Debug)]
+pub struct StepRequest<S> {
+    /// Letters, digits, `-` and `_`; the same id may be asked for again later.
+    pub id: String,
+    /// The step's form.
+    pub fields: Vec<Field>,
+    /// What the continuation needs.
+    pub state: S,
+}
+
+/// A submitted step: what [`Plugin::step`](crate::Plugin::step) continues from.
+#[derive(Debug)]
+pub struct Step<S> {
+    /// The step's id.
+    pub id: String,
+    /// The step's validated form values.
+    pub inputs: Inputs,
+    /// The state handed over with the step, or a later checkpoint of a call
+    /// that crashed and runs again.
+    pub state: S,
+}
+
+pub(crate) type EventSender = mpsc::Sender<Result<pb::InvokeEvent, tonic::Status>>;
+
+/// One running call of a task (its start, or a step's continuation). Every
+/// method fails with [`Error::Cancelled`] once the gateway dropped the call;
+/// return that error and the call ends.
+#[derive(Debug)]
+pub struct Task<S = ()> {
+    id: String,
+    attempt: u32,
+    inputs: Inputs,
+    restored: Option<S>,
+    events: EventSender,
+    _state: PhantomData<fn(S)>,
+}
+
+impl<S: Serialize> Task<S> {
+    pub(crate) fn new(
+        id: String,
+        attempt: u32,
+        inputs: Inputs,
+        restored: Option<S>,
+        events: EventSender,
+    ) -> Self {
+        Self {
+            id,
+            attempt,
+            inputs,
+            restored,
+            events,
+            _state: PhantomData,
+        }
     }
 
     /// The gateway's id of this task.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// 1, or more when this call runs again after the plugin crashed (only for
+    /// plugins whose manifest says `retry_safe`).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The task's own form values (also in a step's continuation).
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
+
+    /// When the task's first call runs again after a crash: the last state it
+    /// saved with [`Task::checkpoint`], to continue from.
+    pub fn restored(&self) -> Option<&S> {
+        self.restored.as_ref()
+    }
+
+    /// Takes the restored checkpoint (see [`Task::restored`]).
+    pub fn take_restored(&mut self) -> Option<S> {
+        self.restored.take()
+    }
+
+    /// Saves `state` durably: should this call crash and run again (a
+    /// `retry_safe` plugin), it continues from the last checkpoint, in
+    /// [`Task::restored`] or [`Step::state`].
+    pub async fn checkpoint(&self, state: &S) -> Result<(), Error> {
+        let state = encode_state(state)?;
+        self.send(Event::Checkpoint(pb::Checkpoint { state })).await
     }
 
     /// Appends a line to the task's log.
@@ -111,7 +194,9 @@ impl Task {
             content_type: content_type.to_owned(),
         }))
         .await?;
-        Ok(Output { task: self })
+        Ok(Output {
+            events: &self.events,
+        })
     }
 
     /// An output file with all its bytes at hand.
@@ -127,94 +212,50 @@ impl Task {
         output.finish().await
     }
 
-    /// Asks for a step's input with the form `inputs` (their defaults prefill
-    /// it) and waits until it is submitted.
-    pub async fn step(&self, step_id: &str, inputs: Vec<Field>) -> Result<Inputs, Error> {
-        let key = (self.id.clone(), step_id.to_owned());
-        let (deliver, delivered) = oneshot::channel();
-        let wait = NEXT_WAIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut pending = self.pending_steps();
-            if pending.contains_key(&key) {
-                return Err(Error::task(format!(
-                    "another run of task `{}` already waits for step `{step_id}`",
-                    self.id
-                )));
-            }
-            pending.insert(key.clone(), (wait, deliver));
-        }
-        let _forget_on_drop = StepGuard {
-            steps: &self.steps,
-            key,
-            wait,
-        };
-        self.send(Event::StepRequired(pb::StepRequired {
-            step_id: step_id.to_owned(),
-            inputs: inputs.into_iter().map(Field::into_proto).collect(),
-        }))
-        .await?;
-        tokio::select! {
-            inputs = delivered => inputs.map_err(|_| Error::Cancelled),
-            () = self.events.closed() => Err(Error::Cancelled),
-        }
-    }
-
     /// Reads a data input; see [`read_data`](crate::read_data).
     pub async fn read_data(&self, url: &str) -> Result<Vec<u8>, Error> {
         data::read_data(url).await
     }
 
     async fn send(&self, event: Event) -> Result<(), Error> {
-        self.events
-            .send(Ok(pb::InvokeEvent { event: Some(event) }))
-            .await
-            .map_err(|_| Error::Cancelled)
-    }
-
-    fn pending_steps(&self) -> std::sync::MutexGuard<'_, StepWaits> {
-        self.steps
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        send(&self.events, event).await
     }
 }
 
-/// Removes this call's wait (and only this call's) when the step ends.
-struct StepGuard<'a> {
-    steps: &'a PendingSteps,
-    key: (String, String),
-    wait: u64,
+async fn send(events: &EventSender, event: Event) -> Result<(), Error> {
+    events
+        .send(Ok(pb::InvokeEvent { event: Some(event) }))
+        .await
+        .map_err(|_| Error::Cancelled)
 }
 
-impl Drop for StepGuard<'_> {
-    fn drop(&mut self) {
-        let mut pending = self
-            .steps
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if pending
-            .get(&self.key)
-            .is_some_and(|(wait, _)| *wait == self.wait)
-        {
-            pending.remove(&self.key);
-        }
+/// A state as the contract carries it: JSON of at most
+/// [`MAX_STATE_BYTES`](corral_proto::MAX_STATE_BYTES).
+pub(crate) fn encode_state<S: Serialize>(state: &S) -> Result<String, Error> {
+    let json = serde_json::to_string(state)
+        .map_err(|error| Error::task(format!("the task's state is not JSON: {error}")))?;
+    if json.len() > corral_proto::MAX_STATE_BYTES {
+        return Err(Error::task(format!(
+            "the task's state is {} bytes, more than the limit of {}",
+            json.len(),
+            corral_proto::MAX_STATE_BYTES
+        )));
     }
+    Ok(json)
 }
 
 /// An output file being written.
 #[derive(Debug)]
 pub struct Output<'task> {
-    task: &'task Task,
+    events: &'task EventSender,
 }
 
 impl Output<'_> {
     /// Sends bytes, in chunks of at most 1 MiB.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         for chunk in bytes.chunks(corral_proto::MAX_OUTPUT_CHUNK) {
-            self.task
-                .send(Event::OutputChunk(pb::OutputChunk {
-                    data: chunk.to_vec().into(),
-                }))
-                .await?;
+            let data = chunk.to_vec().into();
+            send(self.events, Event::OutputChunk(pb::OutputChunk { data })).await?;
         }
         Ok(())
     }
@@ -224,16 +265,14 @@ impl Output<'_> {
     pub async fn write_bytes(&mut self, bytes: corral_proto::bytes::Bytes) -> Result<(), Error> {
         let mut rest = bytes;
         while !rest.is_empty() {
-            let chunk = rest.split_to(rest.len().min(corral_proto::MAX_OUTPUT_CHUNK));
-            self.task
-                .send(Event::OutputChunk(pb::OutputChunk { data: chunk }))
-                .await?;
+            let data = rest.split_to(rest.len().min(corral_proto::MAX_OUTPUT_CHUNK));
+            send(self.events, Event::OutputChunk(pb::OutputChunk { data })).await?;
         }
         Ok(())
     }
 
     /// Ends the file.
     pub async fn finish(self) -> Result<(), Error> {
-        self.task.send(Event::OutputEnd(pb::OutputEnd {})).await
+        send(self.events, Event::OutputEnd(pb::OutputEnd {})).await
     }
 }

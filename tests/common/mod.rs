@@ -53,6 +53,7 @@ pub fn reference_plugins() -> PathBuf {
         "corral-plugin-hello-world-multi-step",
         "corral-plugin-file-upload",
         "corral-plugin-json-visualization",
+        "corral-plugin-manual-classification",
     ] {
         built(plugin);
     }

@@ -177,13 +177,12 @@ pub(crate) async fn process(
     };
     let inputs =
         serde_json::to_string(&values).map_err(|error| ApiError::Internal(Box::new(error)))?;
-    let job = Job {
-        task_id: ids::random_id(),
-        plugin: live.identifier.clone(),
-        inputs: values,
-        base: base.clone(),
-        fresh: true,
-    };
+    let job = Job::start(
+        ids::random_id(),
+        live.identifier.clone(),
+        values,
+        base.clone(),
+    );
     let task_url = base.absolute(&format!("/tasks/{}/", job.task_id));
     let base_url = base.absolute("");
     // Finished even if the client goes away: a committed task always gets its runner.

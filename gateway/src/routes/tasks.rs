@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 use axum::{
     Json,
     extract::{Path, Query, Request, State},
+    http::{HeaderMap, StatusCode},
     response::{
         Html, IntoResponse, Redirect, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -16,16 +17,18 @@ use tokio::sync::broadcast;
 use super::body;
 use crate::{
     error::{
-        ApiError, ErrorBody, FieldErrors, FormValues, Location, SubscribeRequest,
+        ApiError, ErrorBody, FieldErrors, FormValues, SubscribeRequest,
         ValidationErrorBody,
     },
     forms, ids,
     live::LiveEvent,
+    runner::Job,
     state::AppState,
-    store::TaskRecord,
+    store::{Notices, Store, TaskRecord},
     ui,
     urls::BaseUrl,
-    views,
+    views::{self, TaskEvent},
+    webhooks::WebhookEvent,
 };
 
 async fn task(state: &AppState, task_id: &str) -> Result<std::sync::Arc<TaskRecord>, ApiError> {
@@ -113,71 +116,176 @@ pub(crate) async fn subscribe(
     Ok(Json(views::task_status(&record, &base)))
 }
 
-/// `GET /tasks/<id>/events`: Server-Sent Events of the task from now on, after a
-/// `snapshot` of its status so far; the stream ends with the task. Events:
-/// `snapshot`, `log`, `progress`, `step`, `output`, `status` (last).
-#[utoipa::path(get, path = "/tasks/{task}/events", tag = "tasks", params(("task" = String, Path)),
-    responses((status = 200, description = "Server-Sent Events", content_type = "text/event-stream", body = String),
+/// How long a browser's `EventSource` waits before it reconnects.
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+
+/// `GET /tasks/<id>/events`: the task's Server-Sent Events. Without
+/// `Last-Event-ID`: a `snapshot` of the task so far, then its events as they
+/// come; with it, exactly the events after that id, then the live ones. Every
+/// event has an `id` (its position in the task's stored events); the stream
+/// ends with `status`. A client that already has the `status` is answered 204
+/// (an `EventSource` then stops reconnecting).
+#[utoipa::path(get, path = "/tasks/{task}/events", tag = "tasks",
+    params(("task" = String, Path),
+        ("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event received; the stream resumes after it")),
+    responses((status = 200, description = "Server-Sent Events: `snapshot` (the task status), then `log`, `progress`, `step`, `output`, and `status` last; each event's data is the JSON of its `TaskEvent` variant",
+            content_type = "text/event-stream", body = views::TaskEvent),
+        (status = 204, description = "the client has every event of this finished task"),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
     base: BaseUrl,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    // Follow first, then read the snapshot: nothing falls in between.
-    let receiver = state.runner.live.subscribe(&task_id);
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    // Follow first, then read: nothing falls in between (and what is read is
+    // not sent twice: events carry their ids).
+    let live = &state.runner.live;
+    let receiver = live.subscribe(&task_id);
     let record = match task(&state, &task_id).await {
         Ok(record) => record,
         Err(error) => {
-            state.runner.live.forget(&task_id);
+            live.forget(&task_id);
             return Err(error);
         }
     };
-    let snapshot = SseEvent::default()
-        .event("snapshot")
-        .json_data(views::task_status(&record, &base))
-        .map_err(|error| ApiError::Internal(Box::new(error)))?;
     let finished = record.finished_at.is_some();
     if finished {
-        state.runner.live.forget(&task_id);
+        live.forget(&task_id);
     }
-    let stream = event_stream(snapshot, finished, receiver, state.runner.shutdown.clone());
+    let count = u64::try_from(record.event_count).unwrap_or_default();
+    let (first, last_id, done) = match last_seen {
+        Some(seen) if finished && seen >= count => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Some(seen) => {
+            let Some((lines, ended)) = state.store.events_after(&task_id, seen).await? else {
+                return Err(ApiError::NotFound("Task not found.".into()));
+            };
+            let (events, last_id) = stored_events(&lines, seen);
+            (events, last_id, ended)
+        }
+        None => {
+            let snapshot = SseEvent::default()
+                .event("snapshot")
+                .id(count.to_string())
+                .json_data(views::task_status(&record, &base))
+                .map_err(|error| ApiError::Internal(Box::new(error)))?;
+            let mut first = vec![snapshot];
+            if let (true, Some(status)) = (finished, record.status) {
+                let end = TaskEvent::Status {
+                    status: status.as_str().to_owned(),
+                };
+                first.push(sse(count, &end));
+            }
+            (first, count, finished)
+        }
+    };
+    let follow = Follow {
+        task_id,
+        last_id,
+        receiver,
+        store: state.store.clone(),
+        shutdown: state.runner.shutdown.clone(),
+    };
+    let stream = event_stream(first, done, follow);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
-fn event_stream(
-    snapshot: SseEvent,
-    finished: bool,
-    mut receiver: broadcast::Receiver<LiveEvent>,
+/// An event as the stream sends it.
+fn sse(id: u64, event: &TaskEvent) -> SseEvent {
+    SseEvent::default()
+        .event(event.name())
+        .id(id.to_string())
+        .data(event.data())
+}
+
+/// Stored events (JSON lines) as SSE events, the first with id `after + 1`;
+/// returns them and the last id.
+fn stored_events(lines: &[String], after: u64) -> (Vec<SseEvent>, u64) {
+    let mut last_id = after;
+    let mut events = Vec::with_capacity(lines.len());
+    for line in lines {
+        last_id += 1;
+        match serde_json::from_str::<TaskEvent>(line) {
+            Ok(event) => events.push(sse(last_id, &event)),
+            Err(error) => tracing::error!(%error, id = last_id, "an unreadable stored event"),
+        }
+    }
+    (events, last_id)
+}
+
+/// A stream's live part: the task's broadcast after `last_id`, repaired from
+/// the database when this follower falls behind.
+struct Follow {
+    task_id: String,
+    last_id: u64,
+    receiver: broadcast::Receiver<LiveEvent>,
+    store: Store,
     shutdown: tokio_util::sync::CancellationToken,
+}
+
+fn event_stream(
+    first: Vec<SseEvent>,
+    done: bool,
+    mut follow: Follow,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream(move |sender| async move {
-        if sender.send(snapshot).await.is_err() || finished {
+        for (index, event) in first.into_iter().enumerate() {
+            let event = if index == 0 {
+                event.retry(RECONNECT_AFTER)
+            } else {
+                event
+            };
+            if sender.send(event).await.is_err() {
+                return;
+            }
+        }
+        if done {
             return;
         }
         loop {
             let received = tokio::select! {
-                received = receiver.recv() => received,
-                // The client left, or the gateway is stopping: end the stream.
+                received = follow.receiver.recv() => received,
+                // The client left, or the gateway is stopping: end the stream
+                // (the client resumes with its Last-Event-ID).
                 () = sender.closed() => return,
-                () = shutdown.cancelled() => return,
+                () = follow.shutdown.cancelled() => return,
             };
-            let event = match received {
-                Ok(event) => event,
-                Err(broadcast::error::RecvError::Lagged(missed)) => LiveEvent {
-                    kind: "lagged",
-                    data: serde_json::json!({"missed": missed}),
-                },
+            match received {
+                Ok(live) if live.id <= follow.last_id => {}
+                Ok(live) => {
+                    follow.last_id = live.id;
+                    let last = live.event.is_final();
+                    if sender.send(sse(live.id, &live.event)).await.is_err() || last {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // What was missed is stored: send it from there.
+                    let stored = follow
+                        .store
+                        .events_after(&follow.task_id, follow.last_id)
+                        .await;
+                    let Ok(Some((lines, ended))) = stored else {
+                        return;
+                    };
+                    let (events, last_id) = stored_events(&lines, follow.last_id);
+                    follow.last_id = last_id;
+                    for event in events {
+                        if sender.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    if ended {
+                        return;
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let last = event.is_final();
-            let sse = SseEvent::default()
-                .event(event.kind)
-                .data(event.data.to_string());
-            if sender.send(sse).await.is_err() || last {
-                return;
             }
         }
     })
@@ -201,7 +309,10 @@ where
     request_body(content = FormValues, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303, description = "step submitted; Location is the task"),
         (status = 200, description = "the step's form", content_type = "text/html", body = String),
-        (status = 404, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the step was already submitted", body = ErrorBody),
+        (status = 422, body = ValidationErrorBody),
+        (status = 503, description = "the plugin is not ready; the step still waits (see Retry-After)", body = ErrorBody)))]
 pub(crate) async fn step(
     State(state): State<AppState>,
     Path((plugin, task_id, route)): Path<(String, String, String)>,
@@ -219,7 +330,8 @@ pub(crate) async fn step(
     if record.plugin != plugin {
         return Err(not_found());
     }
-    let Some(step) = record.steps.iter().find(|step| step.step_id == step_id) else {
+    // A step asked for again (a loop) is its latest request.
+    let Some(step) = record.steps.iter().rev().find(|step| step.step_id == step_id) else {
         return Err(not_found());
     };
     let fields = ui::decode_form(&step.form);
@@ -249,12 +361,9 @@ pub(crate) async fn step(
         }
         StepAction::Process if !is_post => Err(ApiError::NotFound("Step not found.".into())),
         StepAction::Process => {
+            let submitted_already = || ApiError::Conflict("This step was already submitted.".into());
             if step.cleared || record.finished_at.is_some() {
-                return Err(ApiError::field(
-                    Location::Form,
-                    "_schema",
-                    "This step was already submitted.",
-                ));
+                return Err(submitted_already());
             }
             let submitted = body::read(&state, request, body::Uploads::Store).await?;
             let values = match forms::validate(&fields, &submitted.values) {
@@ -264,28 +373,42 @@ pub(crate) async fn step(
                     return Err(ApiError::Invalid(submitted.location(), errors));
                 }
             };
-            // Finished even if the client goes away: a cleared step always reaches
-            // its plugin.
+            // The step is taken only when its continuation can run now: else
+            // it stays waiting and the client tries again.
+            let ready = state.directory.snapshot().ready(&record.plugin).is_some();
+            if !ready || state.runner.shutdown_begun() {
+                submitted.discard_uploads(&state).await;
+                return Err(ApiError::Unavailable(format!(
+                    "Plugin {plugin} is not ready; the step was not submitted, try again shortly."
+                )));
+            }
+            let inputs = serde_json::to_string(&values)
+                .map_err(|error| ApiError::Internal(Box::new(error)))?;
+            // Finished even if the client goes away: a cleared step always gets
+            // its continuation.
             let runner = state.runner.clone();
-            let store = state.store.clone();
+            let task_url = base.absolute(&format!("/tasks/{task_id}/"));
             let (task, step, step_base) = (task_id.clone(), step_id.clone(), base.clone());
             let cleared = tokio::spawn(async move {
-                if !store.clear_step(&task, &step).await? {
+                let notices = Notices {
+                    task_url: &task_url,
+                    events: &[WebhookEvent::Steps.as_str()],
+                };
+                let Some(call) = runner.store.clear_step(&task, &step, &inputs, notices).await?
+                else {
                     return Ok(false);
+                };
+                runner.webhooks.wake();
+                match Job::stored(call, step_base.clone()) {
+                    Ok(job) => runner.spawn(job),
+                    Err(reason) => runner.end_failed(&task, &reason, &step_base).await?,
                 }
-                runner
-                    .submit_step(&task, &plugin, &step, values, &step_base)
-                    .await?;
                 Ok::<_, ApiError>(true)
             })
             .await
             .map_err(|error| ApiError::Internal(Box::new(error)))??;
             if !cleared {
-                return Err(ApiError::field(
-                    Location::Form,
-                    "_schema",
-                    "This step was already submitted.",
-                ));
+                return Err(submitted_already());
             }
             Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
         }

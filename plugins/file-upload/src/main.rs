@@ -1,10 +1,12 @@
 //! file-upload v0.2.0: the uploaded file becomes the task's one output.
 
-use corral_sdk::{Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
+use corral_sdk::{Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task};
 
 struct FileUpload;
 
 impl Plugin for FileUpload {
+    type State = ();
+
     fn metadata(&self) -> Metadata {
         Metadata::new("file-upload", "v0.2.0", PluginType::Dataloader)
             .title("File upload")
@@ -23,7 +25,7 @@ impl Plugin for FileUpload {
             )
     }
 
-    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<Next<()>, Error> {
         let bytes = task.read_data(inputs.require("file")?).await?;
         // The gateway passes an upload's original name in `<field>.name`.
         let name = inputs
@@ -33,7 +35,8 @@ impl Plugin for FileUpload {
         let data_type = inputs.require("dataType")?;
         let content_type = inputs.require("contentType")?;
         task.output_bytes(name, data_type, content_type, bytes)
-            .await
+            .await?;
+        Ok(Next::Done)
     }
 }
 

@@ -1,10 +1,12 @@
 //! hello-world v0.2.1: replaces every `input` in `inputStr` with `output`.
 
-use corral_sdk::{DataOutput, Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
+use corral_sdk::{DataOutput, Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task};
 
 struct HelloWorld;
 
 impl Plugin for HelloWorld {
+    type State = ();
+
     fn metadata(&self) -> Metadata {
         Metadata::new("hello-world", "v0.2.1", PluginType::Processing)
             .title("Hello World")
@@ -24,11 +26,12 @@ impl Plugin for HelloWorld {
             )
     }
 
-    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<Next<()>, Error> {
         let text = inputs.require("inputStr")?.replace("input", "output");
         task.log(format!("result: '{text}'")).await?;
         task.output_bytes("out.txt", "custom/hello-world-output", "text/plain", text)
-            .await
+            .await?;
+        Ok(Next::Done)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use corral_sdk::{DataInput, DataOutput, Error, Field, Inputs, Metadata, Plugin, PluginType, Task};
+use corral_sdk::{DataInput, DataOutput, Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task};
 use serde_json::Value;
 
 struct JsonVisualization;
@@ -20,6 +20,8 @@ impl JsonVisualization {
 }
 
 impl Plugin for JsonVisualization {
+    type State = ();
+
     fn metadata(&self) -> Metadata {
         Metadata::new("json-visualization", "v0.1.0", PluginType::Visualization)
             .title("JSON visualization")
@@ -30,10 +32,11 @@ impl Plugin for JsonVisualization {
             .data_output(DataOutput::new("custom/visualization", ["text/html"]).name("tree.html"))
     }
 
-    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<(), Error> {
+    async fn invoke(&self, task: Task, inputs: Inputs) -> Result<Next<()>, Error> {
         let html = self.tree(&inputs).await?;
         task.output_bytes("tree.html", "custom/visualization", "text/html", html)
-            .await
+            .await?;
+        Ok(Next::Done)
     }
 
     async fn render(&self, inputs: Inputs) -> Result<String, Error> {
