@@ -18,6 +18,21 @@ use tonic::transport::Channel;
 
 pub mod serve;
 
+/// Runs an async test body `name(db)` once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Postgres).await })*
+        }
+    };
+}
+
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -120,9 +135,15 @@ impl Supervisor {
 
     /// Starts `corral supervisor` with extra variables and flags.
     pub fn start_with(folders: &[&Path], env: &[(&str, &str)], flags: &[&str]) -> Self {
+        Self::start_at("127.0.0.1:0", folders, env, flags)
+    }
+
+    /// Starts `corral supervisor` listening on `address` (e.g. again where a
+    /// killed one listened, for the gateway that follows it).
+    pub fn start_at(address: &str, folders: &[&Path], env: &[(&str, &str)], flags: &[&str]) -> Self {
         let joined = std::env::join_paths(folders).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(["supervisor", "--grpc", "127.0.0.1:0", "--plugin-folders"])
+            .args(["supervisor", "--grpc", address, "--plugin-folders"])
             .arg(&joined)
             .args(flags)
             .envs(env.iter().copied())
@@ -180,29 +201,7 @@ impl Supervisor {
         what: &str,
         done: impl Fn(&PluginStatus) -> bool,
     ) -> PluginStatus {
-        let mut admin = self.admin().await;
-        let mut stream = admin
-            .watch_plugins(WatchPluginsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            match tokio::time::timeout_at(deadline, stream.message()).await {
-                Ok(Ok(Some(status))) if status.plugin == plugin => {
-                    if done(&status) {
-                        return status;
-                    }
-                    last = Some(status);
-                }
-                Ok(Ok(Some(_))) => {}
-                Ok(other) => {
-                    panic!("watch stream ended while waiting for {plugin} {what}: {other:?}")
-                }
-                Err(_) => panic!("{plugin} not {what} within {DEADLINE:?}; last status: {last:#?}"),
-            }
-        }
+        watch_until(&self.url(), plugin, what, done).await
     }
 
     /// Waits until `plugin` is ready and returns its status.
@@ -278,6 +277,45 @@ impl Drop for Supervisor {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Follows the watch stream of the supervisor at `url` until `plugin`'s status
+/// satisfies `done`; fails with the last status seen after [`DEADLINE`].
+pub async fn watch_until(
+    url: &str,
+    plugin: &str,
+    what: &str,
+    done: impl Fn(&PluginStatus) -> bool,
+) -> PluginStatus {
+    let mut admin = AdminClient::connect(url.to_owned()).await.unwrap();
+    let mut stream = admin
+        .watch_plugins(WatchPluginsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(status))) if status.plugin == plugin => {
+                if done(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(other) => {
+                panic!("watch stream ended while waiting for {plugin} {what}: {other:?}")
+            }
+            Err(_) => panic!("{plugin} not {what} within {DEADLINE:?}; last status: {last:#?}"),
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 /// An HS256 token with `roles`, valid for ten minutes.

@@ -377,11 +377,40 @@ pub async fn events_until(
     task_url: &str,
     until: impl Fn(&str, &Value) -> bool,
 ) -> Vec<(String, Value)> {
-    let response = client
-        .get(format!("{task_url}events"))
-        .send()
+    let events = stream_events(client, task_url, None, |event| until(&event.name, &event.data))
         .await
-        .unwrap();
+        .expect("the event stream answered 204");
+    events
+        .into_iter()
+        .map(|event| (event.name, event.data))
+        .collect()
+}
+
+/// One Server-Sent Event of a task's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    pub id: Option<u64>,
+    pub name: String,
+    pub data: Value,
+}
+
+/// Follows a task's event stream (resuming after `last_event_id` if given)
+/// until `until` matches an event; `None` when the gateway answers 204 (the
+/// client has every event).
+pub async fn stream_events(
+    client: &reqwest::Client,
+    task_url: &str,
+    last_event_id: Option<u64>,
+    until: impl Fn(&StreamEvent) -> bool,
+) -> Option<Vec<StreamEvent>> {
+    let mut request = client.get(format!("{task_url}events"));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.unwrap();
+    if response.status().as_u16() == 204 {
+        return None;
+    }
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
@@ -391,23 +420,29 @@ pub async fn events_until(
     loop {
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
-            let mut name = String::from("message");
+            let mut event = StreamEvent {
+                id: None,
+                name: String::from("message"),
+                data: Value::Null,
+            };
             let mut data = String::new();
             for line in block.lines() {
                 if let Some(value) = line.strip_prefix("event:") {
-                    name = value.trim().to_owned();
+                    event.name = value.trim().to_owned();
                 } else if let Some(value) = line.strip_prefix("data:") {
                     data.push_str(value.trim_start());
+                } else if let Some(value) = line.strip_prefix("id:") {
+                    event.id = Some(value.trim().parse().unwrap());
                 }
             }
             if data.is_empty() {
                 continue;
             }
-            let data: Value = serde_json::from_str(&data).unwrap();
-            let done = until(&name, &data);
-            events.push((name, data));
+            event.data = serde_json::from_str(&data).unwrap();
+            let done = until(&event);
+            events.push(event);
             if done {
-                return events;
+                return Some(events);
             }
         }
         let chunk = tokio::time::timeout_at(deadline, body.next())
