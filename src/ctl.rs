@@ -85,10 +85,23 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner()
                 .plugins;
+            let tasks = unfinished_tasks(&args).await;
             if args.json {
-                print_json(&json!(plugins.iter().map(plugin_json).collect::<Vec<_>>()))
+                let plugins: Vec<Value> = plugins
+                    .iter()
+                    .map(|status| {
+                        let mut plugin = plugin_json(status);
+                        if let Some(tasks) = &tasks {
+                            let (waiting, running) = task_counts(tasks, &status.identifier);
+                            plugin["waitingTasks"] = json!(waiting);
+                            plugin["runningTasks"] = json!(running);
+                        }
+                        plugin
+                    })
+                    .collect();
+                print_json(&json!(plugins))
             } else {
-                print_plugins(&plugins)
+                print_plugins(&plugins, tasks.as_deref())
             }
         }
         CtlCommand::Start { plugin }
@@ -108,7 +121,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             if args.json {
                 print_json(&plugin_json(&status))
             } else {
-                print_plugins(std::slice::from_ref(&status))
+                print_plugins(std::slice::from_ref(&status), None)
             }
         }
         CtlCommand::Logs {
@@ -352,7 +365,10 @@ async fn follow_task(args: &CtlArgs, task_url: &str) -> anyhow::Result<()> {
                         text(&data["uiHref"])
                     ),
                     "output" => say!("output: {} {}", text(&data["name"]), text(&data["href"])),
-                    "status" => say!("status: {}", text(&data["status"])),
+                    // A finished task's snapshot said it already.
+                    "status" if final_status.is_none() => {
+                        say!("status: {}", text(&data["status"]))
+                    }
                     _ => {}
                 }
             }
@@ -404,20 +420,53 @@ fn plugin_json(status: &PluginStatus) -> Value {
     })
 }
 
-fn print_plugins(plugins: &[PluginStatus]) -> anyhow::Result<()> {
-    let mut rows = vec![
-        [
-            "PLUGIN",
-            "IDENTIFIER",
-            "STATE",
-            "PID",
-            "RESTARTS",
-            "UPTIME",
-            "LAST EXIT",
-        ]
-        .map(String::from)
-        .to_vec(),
+/// The gateway's unfinished tasks by plugin identifier (`unfinishedTasks` of
+/// `GET /admin/plugins/`); `None`, with a line on stderr, when it cannot say.
+async fn unfinished_tasks(args: &CtlArgs) -> Option<Vec<Value>> {
+    let url = format!("{}/admin/plugins/", args.gateway.trim_end_matches('/'));
+    match get_json(args, &url).await {
+        Ok(body) => Some(
+            body["unfinishedTasks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        Err(error) => {
+            eprintln!("corral: no task counts: {error}");
+            None
+        }
+    }
+}
+
+/// Tasks of `identifier` waiting for a step, and running.
+fn task_counts(tasks: &[Value], identifier: &str) -> (i64, i64) {
+    tasks
+        .iter()
+        .find(|tasks| tasks["plugin"] == identifier)
+        .map_or((0, 0), |tasks| {
+            (
+                tasks["waiting"].as_i64().unwrap_or(0),
+                tasks["running"].as_i64().unwrap_or(0),
+            )
+        })
+}
+
+/// The plugins as a table; with `tasks`, how many tasks of each identifier
+/// wait for a step and run (an old version can go when both are 0).
+fn print_plugins(plugins: &[PluginStatus], tasks: Option<&[Value]>) -> anyhow::Result<()> {
+    let mut header = vec![
+        "PLUGIN",
+        "IDENTIFIER",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "UPTIME",
+        "LAST EXIT",
     ];
+    if tasks.is_some() {
+        header.extend(["WAITING", "RUNNING"]);
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for plugin in plugins {
         let last_exit = if plugin.error.is_empty() {
             plugin.last_exit_reason.clone()
@@ -441,6 +490,31 @@ fn print_plugins(plugins: &[PluginStatus]) -> anyhow::Result<()> {
             },
             dash(&last_exit),
         ]);
+        if let (Some(tasks), Some(row)) = (tasks, rows.last_mut()) {
+            let (waiting, running) = task_counts(tasks, &plugin.identifier);
+            row.extend([waiting.to_string(), running.to_string()]);
+        }
+    }
+    if let Some(tasks) = tasks {
+        // Identifiers no plugin serves any more, with tasks still unfinished.
+        for gone in tasks.iter().filter(|tasks| {
+            let identifier = tasks["plugin"].as_str().unwrap_or("");
+            !plugins.iter().any(|plugin| plugin.identifier == identifier)
+        }) {
+            let identifier = gone["plugin"].as_str().unwrap_or("-").to_owned();
+            let (waiting, running) = task_counts(tasks, &identifier);
+            rows.push(vec![
+                "-".into(),
+                identifier,
+                "gone".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                waiting.to_string(),
+                running.to_string(),
+            ]);
+        }
     }
     print_table(&rows)
 }

@@ -85,6 +85,26 @@ async fn start() -> (TestDatabase, Corral, Ctl) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_waiting_for_a_step_are_counted_per_identifier() {
+    let (_database, corral, ctl) = start().await;
+    let task_url = corral
+        .submit("hello-world-multi-step@v0-2-1", &[("inputStr", "x")])
+        .await;
+    corral.wait_for_step(&task_url).await;
+    let multi = ctl.plugin("hello-world-multi-step");
+    assert_eq!(multi["waitingTasks"], 1, "{multi}");
+    assert_eq!(multi["runningTasks"], 0, "{multi}");
+    assert_eq!(ctl.plugin("hello-world")["waitingTasks"], 0);
+    let table = ctl.ok(&["plugins"]);
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("hello-world-multi-step "))
+        .unwrap();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[columns.len() - 2..], ["1", "0"], "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_are_listed_restarted_stopped_and_started() {
     let (_database, _corral, ctl) = start().await;
     let table = ctl.ok(&["plugins"]);
@@ -99,7 +119,9 @@ async fn plugins_are_listed_restarted_stopped_and_started() {
             "RESTARTS",
             "UPTIME",
             "LAST",
-            "EXIT"
+            "EXIT",
+            "WAITING",
+            "RUNNING"
         ]
     );
     let row = table

@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{
-    Supervisor,
+    Gate, Supervisor,
     serve::{Corral, Db, StreamEvent, TestDatabase, plugins, stream_events, task_id},
 };
 use corral_proto::supervisor::v1::{PluginRef, PluginState, admin_client::AdminClient};
@@ -30,6 +30,7 @@ on_both_databases!(
     twenty_steps_with_a_plugin_restart_between_every_two,
     a_retry_safe_call_continues_from_its_checkpoint,
     a_call_not_safe_to_retry_fails_with_the_reason,
+    a_call_found_running_with_unreadable_inputs_fails_with_that_reason,
     a_step_while_the_plugin_is_down_is_refused_and_kept,
     the_same_step_submitted_twice_at_once_runs_once,
     an_event_stream_resumes_after_its_last_event_id,
@@ -45,7 +46,7 @@ const MULTI_FOLDER: &str = "hello-world-multi-step";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Restart {
     PluginKill,
-    OperatorRestart,
+    Operator,
     SupervisorKill,
     GatewayTerm,
     GatewayKill,
@@ -105,6 +106,16 @@ impl System {
             status.state == PluginState::Ready as i32 && status.pid != old
         })
         .await;
+    }
+
+    /// An operator's restart of `plugin`; returns once a new process is ready.
+    async fn restart(&self, plugin: &str) {
+        let old = self.pid(plugin).await;
+        let reference = PluginRef {
+            plugin: plugin.into(),
+        };
+        self.admin().await.restart_plugin(reference).await.unwrap();
+        self.ready_again(plugin, old).await;
     }
 
     /// The same task as the gateway that runs now names it.
@@ -185,13 +196,8 @@ async fn waiting_task_survives(db: Db, restart: Restart) {
             common::signal(old, nix::sys::signal::Signal::SIGKILL);
             system.ready_again(MULTI_FOLDER, old).await;
         }
-        Restart::OperatorRestart => {
-            let old = system.pid(MULTI_FOLDER).await;
-            let reference = PluginRef {
-                plugin: MULTI_FOLDER.into(),
-            };
-            system.admin().await.restart_plugin(reference).await.unwrap();
-            system.ready_again(MULTI_FOLDER, old).await;
+        Restart::Operator => {
+            system.restart(MULTI_FOLDER).await;
         }
         Restart::SupervisorKill => {
             let address = system.supervisor.as_ref().unwrap().address.clone();
@@ -254,7 +260,7 @@ async fn waiting_task_survives_a_plugin_sigkill(db: Db) {
 }
 
 async fn waiting_task_survives_an_operator_restart(db: Db) {
-    waiting_task_survives(db, Restart::OperatorRestart).await;
+    waiting_task_survives(db, Restart::Operator).await;
 }
 
 async fn waiting_task_survives_a_supervisor_kill(db: Db) {
@@ -284,14 +290,7 @@ async fn twenty_steps_with_a_plugin_restart_between_every_two(db: Db) {
         .submit(PLUGIN, &[("entities", &entities.join("\n"))])
         .await;
     // The plugin restarts while the task waits, after every second step.
-    let restart = || async {
-        let old = system.pid("manual-classification").await;
-        let reference = PluginRef {
-            plugin: "manual-classification".into(),
-        };
-        system.admin().await.restart_plugin(reference).await.unwrap();
-        system.ready_again("manual-classification", old).await;
-    };
+    let restart = || system.restart("manual-classification");
     for n in 1..=20 {
         let step_id = format!("class-{n}");
         let status = wait_for_step(&system.gateway, &task_url, &step_id).await;
@@ -303,14 +302,19 @@ async fn twenty_steps_with_a_plugin_restart_between_every_two(db: Db) {
         let members = format!("e{n}");
         let label = format!("c{}", n % 3);
         let form = [("label", label.as_str()), ("members", members.as_str())];
-        let (code, body) = submit_step(&system.gateway, step["href"].as_str().unwrap(), &form).await;
+        let (code, body) =
+            submit_step(&system.gateway, step["href"].as_str().unwrap(), &form).await;
         assert_eq!(code, 303, "{body}");
     }
     let status = wait_for_step(&system.gateway, &task_url, "done").await;
     restart().await;
     let done = status["steps"].as_array().unwrap().last().unwrap().clone();
-    let (code, body) =
-        submit_step(&system.gateway, done["href"].as_str().unwrap(), &[("action", "finish")]).await;
+    let (code, body) = submit_step(
+        &system.gateway,
+        done["href"].as_str().unwrap(),
+        &[("action", "finish")],
+    )
+    .await;
     assert_eq!(code, 303, "{body}");
 
     let status = system.gateway.finished(&task_url).await;
@@ -336,43 +340,15 @@ async fn twenty_steps_with_a_plugin_restart_between_every_two(db: Db) {
     );
 }
 
-/// A loopback HTTP server whose `GET /gate` answers once per permit given.
-struct Gate {
-    url: String,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl Gate {
-    async fn start() -> Self {
-        let permits = Arc::new(tokio::sync::Semaphore::new(0));
-        let held = permits.clone();
-        let app = axum::Router::new().route(
-            "/gate",
-            axum::routing::get(move || {
-                let held = held.clone();
-                async move {
-                    held.acquire().await.unwrap().forget();
-                    "go"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/gate", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, permits }
-    }
-
-    fn open(&self, times: usize) {
-        self.permits.add_permits(times);
-    }
-}
-
 /// A plugin working through three parts, killed while it waits to do its
 /// second: returns the task's final status.
 async fn killed_after_the_first_checkpoint(db: Db, retry_safe: bool) -> Value {
     let folders = common::PluginFolders::new();
     let extra = if retry_safe { "retry_safe = true" } else { "" };
-    folders.add("parts", &common::versioned_manifest("parts", "v1.0.0", extra));
+    folders.add(
+        "parts",
+        &common::versioned_manifest("parts", "v1.0.0", extra),
+    );
     let database = TestDatabase::new(db).await;
     let system = Corral::serve(&database, &[folders.path()]);
     system.wait_for_plugins(&["parts@v1-0-0"]).await;
@@ -406,7 +382,7 @@ async fn a_retry_safe_call_continues_from_its_checkpoint(db: Db) {
     assert_eq!(
         status["log"],
         "part 0 done\n\
-         plugin parts@v1-0-0 stopped while running the task (killed by SIGKILL); running the call again\n\
+         plugin parts@v1-0-0 stopped while running the task (killed by SIGKILL); running the task again\n\
          continuing from checkpoint 1 (attempt 2)\n\
          part 1 done\n\
          part 2 done"
@@ -422,14 +398,40 @@ async fn a_call_not_safe_to_retry_fails_with_the_reason(db: Db) {
     );
 }
 
+async fn a_call_found_running_with_unreadable_inputs_fails_with_that_reason(db: Db) {
+    let folders = common::PluginFolders::new();
+    let manifest = common::versioned_manifest("parts", "v1.0.0", "retry_safe = true");
+    folders.add("parts", &manifest);
+    let database = TestDatabase::new(db).await;
+    let supervisor = Supervisor::start(&[folders.path()]);
+    let gateway = Corral::gateway(&database, &supervisor.url());
+    gateway.wait_for_plugins(&["parts@v1-0-0"]).await;
+    let gate = Gate::start().await;
+    let task_url = gateway
+        .submit("parts@v1-0-0", &[("parts", "1"), ("gate", &gate.url)])
+        .await;
+    drop(gateway);
+    // The stored inputs are damaged while no gateway runs.
+    let mut connection = database.connect().await;
+    sqlx::query("UPDATE tasks SET inputs = '{not json' WHERE id = $1")
+        .bind(task_id(&task_url))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let again = Corral::gateway(&database, &supervisor.url());
+    let status = again
+        .finished(&again.url(&format!("/tasks/{}/", task_id(&task_url))))
+        .await;
+    assert_eq!(status["status"], "FAILURE", "{status}");
+    assert_eq!(status["log"], "the task's stored inputs cannot be read");
+}
+
 /// Waits until the gateway no longer offers `identifier` (it learns of a stop
 /// from the supervisor's stream; there is no HTTP event for it).
 async fn wait_until_not_offered(corral: &Corral, identifier: &str) {
     let deadline = Instant::now() + common::DEADLINE;
     loop {
-        let (code, _) = corral
-            .get_json(&format!("/plugins/{identifier}/"))
-            .await;
+        let (code, _) = corral.get_json(&format!("/plugins/{identifier}/")).await;
         if code != 200 {
             return;
         }
@@ -476,7 +478,12 @@ async fn a_step_while_the_plugin_is_down_is_refused_and_kept(db: Db) {
     assert_eq!(status["status"], "PENDING");
     assert_eq!(status["steps"][0]["cleared"], false);
 
-    system.admin().await.start_plugin(reference()).await.unwrap();
+    system
+        .admin()
+        .await
+        .start_plugin(reference())
+        .await
+        .unwrap();
     let (code, body) = submit_step(&system.gateway, &href, &form).await;
     assert_eq!(code, 303, "{body}");
     let status = system.gateway.finished(&task_url).await;
@@ -526,8 +533,7 @@ async fn an_event_stream_resumes_after_its_last_event_id(db: Db) {
     let task_url = corral.submit(MULTI, &[("inputStr", "input text")]).await;
     // A client follows until the step, then goes away.
     let seen = stream_events(&corral.client, &task_url, None, |event| {
-        event.name == "step"
-            || event.name == "snapshot" && event.data["steps"].is_array()
+        event.name == "step" || event.name == "snapshot" && event.data["steps"].is_array()
     })
     .await
     .unwrap();
@@ -622,9 +628,7 @@ impl Receiver {
         while self.received.lock().unwrap().len() < count {
             last = tokio::time::timeout(common::DEADLINE, self.arrived.recv())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("notices missing: {:?}", self.received.lock().unwrap())
-                })
+                .unwrap_or_else(|_| panic!("notices missing: {:?}", self.received.lock().unwrap()))
                 .unwrap();
         }
         (self.received.lock().unwrap().clone(), last)
@@ -702,11 +706,8 @@ async fn a_dead_subscriber_does_not_delay_a_live_one(db: Db) {
     });
     let live_address = common::free_address();
     let mut live = Receiver::start(&live_address).await;
-    let (task_url, submitted) = task_with_a_step(
-        &corral,
-        &[dead_url, format!("http://{live_address}/hook")],
-    )
-    .await;
+    let (task_url, submitted) =
+        task_with_a_step(&corral, &[dead_url, format!("http://{live_address}/hook")]).await;
     let (events, last) = live.wait_for(ALL_NOTICES.len()).await;
     assert_eq!(events, ALL_NOTICES);
     // All of the live one's notices came while the dead one still held its

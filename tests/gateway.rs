@@ -464,15 +464,8 @@ async fn invalid_requests_get_json_errors_and_create_no_task(db: Db) {
 }
 
 async fn count_tasks(database: &TestDatabase) -> i64 {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let url = database.url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}",
-            database.data_dir.path().join("corral.db").display()
-        )
-    });
-    let mut connection = sqlx::AnyConnection::connect(&url).await.unwrap();
+    use sqlx::Row;
+    let mut connection = database.connect().await;
     sqlx::query("SELECT COUNT(*) AS n FROM tasks")
         .fetch_one(&mut connection)
         .await

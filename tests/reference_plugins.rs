@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use common::{Supervisor, reference_plugins};
 use corral_proto::{
     plugin::v1::{
-        FieldKind, InvokeRequest, PluginType, RenderRequest,
-        invoke_event::Event, plugin_client::PluginClient,
+        FieldKind, InvokeRequest, PluginType, RenderRequest, invoke_event::Event,
+        plugin_client::PluginClient,
     },
     supervisor::v1::{
         FollowLogsRequest, PluginRef, PluginState, RegisterRequest, registry_client::RegistryClient,
@@ -43,7 +43,10 @@ struct Collected {
 }
 
 /// Reads events until the stream ends.
-async fn collect(stream: &mut Streaming<corral_proto::plugin::v1::InvokeEvent>, into: &mut Collected) {
+async fn collect(
+    stream: &mut Streaming<corral_proto::plugin::v1::InvokeEvent>,
+    into: &mut Collected,
+) {
     while let Some(event) = stream.message().await.unwrap() {
         match event.event.unwrap() {
             Event::Log(line) => into.log.push(line.text),
@@ -259,7 +262,10 @@ async fn multi_step_ends_its_call_with_the_step_and_a_new_process_continues_it()
         state: "{\"unexpected\": 1}".into(),
         ..first
     };
-    let error = client.invoke(broken).await.expect_err("a state that does not fit");
+    let error = client
+        .invoke(broken)
+        .await
+        .expect_err("a state that does not fit");
     assert_eq!(error.code(), Code::InvalidArgument);
 }
 

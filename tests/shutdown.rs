@@ -1,14 +1,13 @@
-//! SIGTERM on `corral serve`: running tasks get a grace period, the rest end
-//! FAILURE with the reason, plugins stop, and the process exits 0.
+//! SIGTERM on `corral serve`: running calls get a grace period, the rest end
+//! FAILURE with the reason, tasks waiting for a step stay waiting, plugins
+//! stop, and the process exits 0.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{
-    PluginFolders,
+    Gate, PluginFolders,
     serve::{Corral, Db, TestDatabase, plugins},
     versioned_manifest,
 };
@@ -22,29 +21,11 @@ async fn sigterm_lets_a_running_task_finish_within_the_grace_period() {
     corral.wait_for_plugins(&["gated@v1-0-0"]).await;
 
     // A gate the test opens after SIGTERM.
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (arrive, mut arrived) = tokio::sync::mpsc::unbounded_channel();
-    let opened = gate.clone();
-    let app = axum::Router::new().route(
-        "/gate",
-        axum::routing::get(move || {
-            let opened = opened.clone();
-            let arrive = arrive.clone();
-            async move {
-                let _ = arrive.send(());
-                opened.notified().await;
-                "go"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gate_url = format!("http://{}/gate", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
+    let gate = Gate::start().await;
     let task_url = corral
-        .submit("gated@v1-0-0", &[("gate", &gate_url), ("text", "in time")])
+        .submit("gated@v1-0-0", &[("gate", &gate.url), ("text", "in time")])
         .await;
-    arrived.recv().await.unwrap();
+    gate.arrived().await;
     common::signal(corral.child.id(), nix::sys::signal::Signal::SIGTERM);
     // It stops taking work at once (new connections are refused) while the task
     // still runs; only then is the task let through.
@@ -60,7 +41,7 @@ async fn sigterm_lets_a_running_task_finish_within_the_grace_period() {
         corral.child.try_wait().unwrap().is_none(),
         "it waits for the running task"
     );
-    gate.notify_one();
+    gate.open(1);
     let status = corral.exited().await;
     assert!(status.success(), "{status:?}");
 
@@ -72,19 +53,24 @@ async fn sigterm_lets_a_running_task_finish_within_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_ends_what_outlasts_the_grace_period_as_failure_and_exits_zero() {
+async fn sigterm_fails_running_calls_past_the_grace_and_leaves_waiting_tasks_waiting() {
+    let folders = PluginFolders::new();
+    folders.add("gated", &versioned_manifest("gated", "v1.0.0", ""));
     let database = TestDatabase::new(Db::Postgres).await;
-    let mut corral = Corral::serve_with(&database, &[&plugins()], &["--shutdown-grace", "300ms"]);
+    let both: [&std::path::Path; 2] = [&plugins(), folders.path()];
+    let mut corral = Corral::serve_with(&database, &both, &["--shutdown-grace", "300ms"]);
     corral
-        .wait_for_plugins(&["hello-world-multi-step@v0-2-1"])
+        .wait_for_plugins(&["hello-world-multi-step@v0-2-1", "gated@v1-0-0"])
         .await;
-    let task_url = corral
-        .submit(
-            "hello-world-multi-step@v0-2-1",
-            &[("inputStr", "never answered")],
-        )
+    let waiting = corral
+        .submit("hello-world-multi-step@v0-2-1", &[("inputStr", "later")])
         .await;
-    corral.wait_for_step(&task_url).await;
+    corral.wait_for_step(&waiting).await;
+    let gate = Gate::start().await;
+    let running = corral
+        .submit("gated@v1-0-0", &[("gate", &gate.url), ("text", "too late")])
+        .await;
+    gate.arrived().await;
     let mut admin = corral_proto::supervisor::v1::admin_client::AdminClient::connect(format!(
         "http://{}",
         corral.grpc.as_ref().unwrap()
@@ -100,7 +86,7 @@ async fn sigterm_ends_what_outlasts_the_grace_period_as_failure_and_exits_zero()
         .iter()
         .map(|plugin| plugin.pid)
         .collect();
-    assert_eq!(pids.len(), 5);
+    assert_eq!(pids.len(), 7);
     drop(admin);
 
     let status = corral.terminate().await;
@@ -108,12 +94,16 @@ async fn sigterm_ends_what_outlasts_the_grace_period_as_failure_and_exits_zero()
     // The plugins were stopped, not orphaned.
     assert!(pids.iter().all(|pid| !common::alive(*pid)), "{pids:?}");
 
-    let again = Corral::serve(&database, &[&plugins()]);
-    let path = task_url.split_once("/tasks/").unwrap().1;
-    let (_, task) = again.get_json(&format!("/tasks/{path}")).await;
+    let again = Corral::serve(&database, &both);
+    let path = |url: &str| format!("/tasks/{}", url.split_once("/tasks/").unwrap().1);
+    let (_, task) = again.get_json(&path(&running)).await;
     assert_eq!(task["status"], "FAILURE", "{task}");
     assert_eq!(
         task["log"],
         "the gateway shut down before the task finished"
     );
+    // The task that waited for a person still does.
+    let (_, task) = again.get_json(&path(&waiting)).await;
+    assert_eq!(task["status"], "PENDING", "{task}");
+    assert_eq!(task["steps"][0]["cleared"], false);
 }

@@ -36,7 +36,8 @@ button { cursor: pointer; }
 <div id="notice" role="status"></div>
 <h2>Plugins</h2>
 <table id="plugins"><thead><tr><th>Plugin</th><th>Version</th><th>State</th><th>PID</th>
-<th>Restarts</th><th>Last exit</th><th></th></tr></thead><tbody></tbody></table>
+<th>Restarts</th><th>Last exit</th><th title="tasks waiting for a step">Waiting</th>
+<th title="tasks whose call runs">Running</th><th></th></tr></thead><tbody></tbody></table>
 <h2>Recent tasks</h2>
 <table id="tasks"><thead><tr><th>Task</th><th>Plugin</th><th>Status</th><th>Created</th></tr></thead>
 <tbody></tbody></table>
@@ -78,7 +79,7 @@ function showPlugins(plugins) {
     if (!row) {
       row = document.createElement("tr");
       row.dataset.plugin = plugin.plugin;
-      for (const name of ["name", "version", "state", "pid", "restarts", "exit"]) { cell(row, "", name); }
+      for (const name of ["name", "version", "state", "pid", "restarts", "exit", "waiting", "running"]) { cell(row, "", name); }
       const action = cell(row, "");
       const button = document.createElement("button");
       button.textContent = "Restart";
@@ -95,6 +96,8 @@ function showPlugins(plugins) {
     set("pid", plugin.pid ? String(plugin.pid) : "-");
     set("restarts", String(plugin.restarts));
     set("exit", plugin.error || plugin.lastExitReason || "-");
+    set("waiting", String(plugin.waitingTasks || 0));
+    set("running", String(plugin.runningTasks || 0));
   }
   for (const row of Array.from(body.rows)) {
     if (!seen.has(row.dataset.plugin)) { row.remove(); }

@@ -120,9 +120,10 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(message) => {
                 let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
                 return response;
             }
             Self::Conflict(message) => (StatusCode::CONFLICT, message.clone()),

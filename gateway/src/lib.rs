@@ -1,4 +1,4 @@
-//! The REST gateway: the QHAna plugin API of `qhana-plugin-api.md`, turned into
+//! The REST gateway: the QHAna plugin API of `docs/rest-api.md`, turned into
 //! gRPC calls to the plugins the supervisor announces; tasks durable in
 //! PostgreSQL or SQLite; results streamed back.
 //!
@@ -97,9 +97,9 @@ impl RunningGateway {
         let shutdown = CancellationToken::new();
         let webhooks = Webhooks::start(store.clone(), config.webhook_retry_for, shutdown.clone())
             .map_err(|error| GatewayError::Io {
-                what: "failed to set up the webhook client".into(),
-                source: std::io::Error::other(error),
-            })?;
+            what: "failed to set up the webhook client".into(),
+            source: std::io::Error::other(error),
+        })?;
         let directory = Directory::follow(config.supervisor_url.clone(), shutdown.clone());
         let runner = Runner {
             store: store.clone(),

@@ -307,7 +307,7 @@ impl Runner {
                 .into());
         }
         job.counted = false;
-        job.note = Some("running again: the gateway restarted while the task was running");
+        job.note = Some("re-running: the gateway restarted while the task was running");
         Ok(job)
     }
 
@@ -355,7 +355,9 @@ impl Runner {
                     tracing::info!(%reason, "the call did not reach the plugin; trying again");
                     unreached += 1;
                     let replaced = self.directory.wait_for(|table| {
-                        table.ready(&job.plugin).is_none_or(|now| now.pid != live.pid)
+                        table
+                            .ready(&job.plugin)
+                            .is_none_or(|now| now.pid != live.pid)
                     });
                     let _still_the_same = tokio::time::timeout(CRASH_REPORT_WAIT, replaced).await;
                     continue;
@@ -365,7 +367,7 @@ impl Runner {
             if !live.retry_safe || attempt >= 2 {
                 return self.fail(&job, &crash, pending).await;
             }
-            pending.log(&format!("{crash}; running the call again"));
+            pending.log(&format!("{crash}; running the task again"));
             self.write(&job.task_id, &mut pending).await?;
             match self.begin_attempt(&mut job).await? {
                 Some(next) => attempt = next,
@@ -474,7 +476,7 @@ impl Runner {
                 };
                 let action = match message {
                     Ok(Some(message)) => rules.on_event(message.event),
-                    Ok(None) => rules.breach("ended the call without a result"),
+                    Ok(None) => rules.breach("ended the task without a result"),
                     Err(status) => return Ok(self.broken(live, status).await),
                 };
                 match action {
@@ -512,7 +514,11 @@ impl Runner {
                         pending.batch.state = Some((state, rules.outputs));
                         self.write(&job.task_id, pending).await?;
                     }
-                    Action::Wait { step_id, form, state } => {
+                    Action::Wait {
+                        step_id,
+                        form,
+                        state,
+                    } => {
                         pending.batch.state = Some((state, rules.outputs));
                         self.wait_for_step(job, &step_id, &form, pending).await?;
                         return Ok(Outcome::Waiting);
@@ -596,7 +602,10 @@ impl Runner {
         let task_url = base.absolute(&format!("/tasks/{task_id}/"));
         let notices = Notices {
             task_url: &task_url,
-            events: &[WebhookEvent::Status.as_str(), WebhookEvent::Details.as_str()],
+            events: &[
+                WebhookEvent::Status.as_str(),
+                WebhookEvent::Details.as_str(),
+            ],
         };
         let Some(record) = self.store.finish(task_id, status, &batch, notices).await? else {
             return Ok(());
@@ -1095,7 +1104,10 @@ mod tests {
             Action::Fail("plugin p@v1 asked for a step whose state is not JSON".into())
         );
         let huge = format!("\"{}\"", "x".repeat(corral_proto::MAX_STATE_BYTES));
-        assert!(matches!(rules.on_event(step("next", &huge)), Action::Fail(_)));
+        assert!(matches!(
+            rules.on_event(step("next", &huge)),
+            Action::Fail(_)
+        ));
         assert_eq!(
             rules.on_event(step("class-1", "{\"n\":1}")),
             Action::Wait {

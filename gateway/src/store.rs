@@ -458,17 +458,6 @@ impl Store {
         Ok(())
     }
 
-    /// The task's validated inputs (JSON) and the base URL its client used.
-    pub async fn task_inputs(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query("SELECT inputs, base_url FROM tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| Ok((row.try_get("inputs")?, row.try_get("base_url")?)))
-            .transpose()
-            .map_err(|error: sqlx::Error| StoreError::from(error))
-    }
-
     /// Records a stored file (an upload, before its task exists).
     pub async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError> {
         insert_file(file).execute(&self.pool).await?;

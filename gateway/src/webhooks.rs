@@ -164,8 +164,7 @@ async fn deliver(client: &reqwest::Client, notice: &Notice, retry_for: Duration)
     url.query_pairs_mut()
         .append_pair("source", &notice.task_url)
         .append_pair("event", &notice.event);
-    let give_up_at =
-        notice.created_at + i64::try_from(retry_for.as_millis()).unwrap_or(i64::MAX);
+    let give_up_at = notice.created_at + i64::try_from(retry_for.as_millis()).unwrap_or(i64::MAX);
     let mut delay = FIRST_DELAY;
     loop {
         match client.post(url.clone()).send().await {

@@ -23,7 +23,10 @@ impl Plugin for Versioned {
             .input(Field::text("text", "Text"))
             .input(Field::text("gate", "URL to read before going on"))
             .input(Field::boolean("step", "Wait for a step"))
-            .input(Field::integer("parts", "Parts to work through, one checkpoint each"))
+            .input(Field::integer(
+                "parts",
+                "Parts to work through, one checkpoint each",
+            ))
     }
 
     async fn invoke(&self, task: Task<u32>, inputs: Inputs) -> Result<Next<u32>, Error> {
@@ -55,7 +58,12 @@ impl Plugin for Versioned {
 impl Versioned {
     /// Parts from the last checkpoint on: the gate, then the checkpoint, then
     /// a log line (written once the checkpoint is stored).
-    async fn parts(&self, task: &Task<u32>, parts: u32, gate: Option<&str>) -> Result<Next<u32>, Error> {
+    async fn parts(
+        &self,
+        task: &Task<u32>,
+        parts: u32,
+        gate: Option<&str>,
+    ) -> Result<Next<u32>, Error> {
         let from = task.restored().copied().unwrap_or(0);
         if from > 0 {
             task.log(format!(

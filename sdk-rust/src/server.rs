@@ -57,7 +57,12 @@ pub trait Plugin: Send + Sync + 'static {
         step: Step<Self::State>,
     ) -> impl Future<Output = Result<Next<Self::State>, Error>> + Send {
         let _ = task;
-        async move { Err(Error::task(format!("this plugin has no step `{}`", step.id))) }
+        async move {
+            Err(Error::task(format!(
+                "this plugin has no step `{}`",
+                step.id
+            )))
+        }
     }
 
     /// An HTML fragment for the plugin's page, e.g. a visualization of the data
@@ -190,9 +195,9 @@ fn decode_state<S: DeserializeOwned>(state: &str) -> Result<Option<S>, Status> {
     if state.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(state)
-        .map(Some)
-        .map_err(|error| Status::invalid_argument(format!("the task's state does not fit: {error}")))
+    serde_json::from_str(state).map(Some).map_err(|error| {
+        Status::invalid_argument(format!("the task's state does not fit: {error}"))
+    })
 }
 
 /// The event that ends a call.
@@ -210,7 +215,11 @@ fn terminal<S: Serialize>(outcome: Result<Next<S>, Error>) -> Event {
         Next::Step(step) => match encode_state(&step.state) {
             Ok(state) => Event::StepRequired(pb::StepRequired {
                 step_id: step.id,
-                inputs: step.fields.into_iter().map(crate::Field::into_proto).collect(),
+                inputs: step
+                    .fields
+                    .into_iter()
+                    .map(crate::Field::into_proto)
+                    .collect(),
                 state,
             }),
             Err(error) => Event::Error(pb::TaskError {
@@ -245,7 +254,13 @@ impl<P: Plugin> plugin_server::Plugin for PluginService<P> {
         let inputs = Inputs::from(request.inputs);
         let attempt = request.attempt.max(1);
         let run = if request.step_id.is_empty() {
-            let task = Task::new(request.task_id, attempt, inputs.clone(), state, events.clone());
+            let task = Task::new(
+                request.task_id,
+                attempt,
+                inputs.clone(),
+                state,
+                events.clone(),
+            );
             tokio::spawn(async move { plugin.invoke(task, inputs).await })
         } else {
             // A continuation always has the state its step was asked with

@@ -140,7 +140,12 @@ impl Supervisor {
 
     /// Starts `corral supervisor` listening on `address` (e.g. again where a
     /// killed one listened, for the gateway that follows it).
-    pub fn start_at(address: &str, folders: &[&Path], env: &[(&str, &str)], flags: &[&str]) -> Self {
+    pub fn start_at(
+        address: &str,
+        folders: &[&Path],
+        env: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Self {
         let joined = std::env::join_paths(folders).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["supervisor", "--grpc", address, "--plugin-folders"])
@@ -309,6 +314,54 @@ pub async fn watch_until(
             }
             Err(_) => panic!("{plugin} not {what} within {DEADLINE:?}; last status: {last:#?}"),
         }
+    }
+}
+
+/// A loopback HTTP server whose `GET /gate` answers once per permit given, so
+/// a plugin that reads it goes on when the test says.
+pub struct Gate {
+    pub url: String,
+    permits: Arc<tokio::sync::Semaphore>,
+    arrivals: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+impl Gate {
+    pub async fn start() -> Self {
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let (arrive, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let held = permits.clone();
+        let app = axum::Router::new().route(
+            "/gate",
+            axum::routing::get(move || {
+                let (held, arrive) = (held.clone(), arrive.clone());
+                async move {
+                    let _ = arrive.send(());
+                    held.acquire().await.unwrap().forget();
+                    "go"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/gate", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            permits,
+            arrivals: tokio::sync::Mutex::new(arrivals),
+        }
+    }
+
+    /// Lets `times` requests through.
+    pub fn open(&self, times: usize) {
+        self.permits.add_permits(times);
+    }
+
+    /// Waits until a request arrives (a plugin waits at the gate).
+    pub async fn arrived(&self) {
+        tokio::time::timeout(DEADLINE, self.arrivals.lock().await.recv())
+            .await
+            .expect("nothing came to the gate")
+            .unwrap();
     }
 }
 

@@ -45,6 +45,19 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A connection of the test's own to its database.
+    pub async fn connect(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let url = self.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.path().join("corral.db").display()
+            )
+        });
+        sqlx::AnyConnection::connect(&url).await.unwrap()
+    }
+
     pub async fn new(db: Db) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         if db == Db::Sqlite {
@@ -377,9 +390,11 @@ pub async fn events_until(
     task_url: &str,
     until: impl Fn(&str, &Value) -> bool,
 ) -> Vec<(String, Value)> {
-    let events = stream_events(client, task_url, None, |event| until(&event.name, &event.data))
-        .await
-        .expect("the event stream answered 204");
+    let events = stream_events(client, task_url, None, |event| {
+        until(&event.name, &event.data)
+    })
+    .await
+    .expect("the event stream answered 204");
     events
         .into_iter()
         .map(|event| (event.name, event.data))

@@ -38,9 +38,12 @@ pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
     })
 }
 
-/// `GET /admin/plugins/` (open unless --require-auth).
+/// `GET /admin/plugins/` (open unless --require-auth): every plugin with its
+/// state and how many unfinished tasks of its identifier wait for a step or
+/// run; `unfinishedTasks` also names identifiers no plugin serves any more (an
+/// old version can go once it has none).
 #[utoipa::path(get, path = "/admin/plugins/", tag = "admin",
-    responses((status = 200, description = "every plugin of the supervisor with its state"),
+    responses((status = 200, description = "every plugin of the supervisor with its state and its waiting and running tasks; `unfinishedTasks` by identifier"),
         (status = 401, description = "with --require-auth, no valid token", body = ErrorBody)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let plugins = admin(&state)
@@ -50,8 +53,22 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
         .map_err(ApiError::Grpc)?
         .into_inner()
         .plugins;
-    let plugins: Vec<Value> = plugins.iter().map(plugin_json).collect();
-    Ok(Json(json!({ "plugins": plugins })))
+    let unfinished = state.store.unfinished_by_plugin().await?;
+    let plugins: Vec<Value> = plugins
+        .iter()
+        .map(|status| {
+            let counts = unfinished
+                .iter()
+                .find(|tasks| tasks.plugin == status.identifier);
+            let mut plugin = plugin_json(status);
+            plugin["waitingTasks"] = json!(counts.map_or(0, |tasks| tasks.waiting));
+            plugin["runningTasks"] = json!(counts.map_or(0, |tasks| tasks.running));
+            plugin
+        })
+        .collect();
+    Ok(Json(
+        json!({ "plugins": plugins, "unfinishedTasks": unfinished }),
+    ))
 }
 
 /// `POST /admin/plugins/<plugin>/<start|stop|restart>/`.

@@ -16,10 +16,7 @@ use tokio::sync::broadcast;
 
 use super::body;
 use crate::{
-    error::{
-        ApiError, ErrorBody, FieldErrors, FormValues, SubscribeRequest,
-        ValidationErrorBody,
-    },
+    error::{ApiError, ErrorBody, FieldErrors, FormValues, SubscribeRequest, ValidationErrorBody},
     forms, ids,
     live::LiveEvent,
     runner::Job,
@@ -159,7 +156,9 @@ pub(crate) async fn events(
     }
     let count = u64::try_from(record.event_count).unwrap_or_default();
     let (first, last_id, done) = match last_seen {
-        Some(seen) if finished && seen >= count => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Some(seen) if finished && seen >= count => {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
         Some(seen) => {
             let Some((lines, ended)) = state.store.events_after(&task_id, seen).await? else {
                 return Err(ApiError::NotFound("Task not found.".into()));
@@ -331,7 +330,12 @@ pub(crate) async fn step(
         return Err(not_found());
     }
     // A step asked for again (a loop) is its latest request.
-    let Some(step) = record.steps.iter().rev().find(|step| step.step_id == step_id) else {
+    let Some(step) = record
+        .steps
+        .iter()
+        .rev()
+        .find(|step| step.step_id == step_id)
+    else {
         return Err(not_found());
     };
     let fields = ui::decode_form(&step.form);
@@ -361,7 +365,8 @@ pub(crate) async fn step(
         }
         StepAction::Process if !is_post => Err(ApiError::NotFound("Step not found.".into())),
         StepAction::Process => {
-            let submitted_already = || ApiError::Conflict("This step was already submitted.".into());
+            let submitted_already =
+                || ApiError::Conflict("This step was already submitted.".into());
             if step.cleared || record.finished_at.is_some() {
                 return Err(submitted_already());
             }
@@ -394,7 +399,10 @@ pub(crate) async fn step(
                     task_url: &task_url,
                     events: &[WebhookEvent::Steps.as_str()],
                 };
-                let Some(call) = runner.store.clear_step(&task, &step, &inputs, notices).await?
+                let Some(call) = runner
+                    .store
+                    .clear_step(&task, &step, &inputs, notices)
+                    .await?
                 else {
                     return Ok(false);
                 };

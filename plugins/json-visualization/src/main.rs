@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use corral_sdk::{DataInput, DataOutput, Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task};
+use corral_sdk::{
+    DataInput, DataOutput, Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Task,
+};
 use serde_json::Value;
 
 struct JsonVisualization;

@@ -43,7 +43,10 @@ impl Labels {
                 Field::choice(
                     "action",
                     "Finish",
-                    [("finish", "Finish: write the labels"), ("add", "Add a class")],
+                    [
+                        ("finish", "Finish: write the labels"),
+                        ("add", "Add a class"),
+                    ],
                 )
                 .required()
                 .default_value("finish")
@@ -56,7 +59,10 @@ impl Labels {
             Field::text("label", "Class").required(),
             Field::textarea("members", "Entities of this class")
                 .required()
-                .help(format!("Not classified yet: {}", self.unlabelled.join(", "))),
+                .help(format!(
+                    "Not classified yet: {}",
+                    self.unlabelled.join(", ")
+                )),
             Field::boolean("last", "Last class (the rest stays unclassified)"),
         ];
         Next::step(format!("class-{}", self.classes), form, self)
@@ -126,12 +132,15 @@ impl Plugin for ManualClassification {
                     taken += 1;
                 }
                 None => {
-                    task.log(format!("ignored `{id}`: not an entity, or classified already"))
-                        .await?;
+                    task.log(format!(
+                        "ignored `{id}`: not an entity, or classified already"
+                    ))
+                    .await?;
                 }
             }
         }
-        task.log(format!("class `{class}`: {taken} entities")).await?;
+        task.log(format!("class `{class}`: {taken} entities"))
+            .await?;
         if step.inputs.get("last") == Some("true") {
             labels.unlabelled.clear();
         }
