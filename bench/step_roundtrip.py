@@ -16,16 +16,21 @@ import statistics
 import sys
 import time
 import urllib.parse
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 PLUGIN = "hello-world-multi-step@v0-2-1"
 
 
 def connect(base: urllib.parse.SplitResult) -> http.client.HTTPConnection:
-    return http.client.HTTPConnection(base.hostname, base.port, timeout=30)
+    return http.client.HTTPConnection(
+        base.hostname or "127.0.0.1", base.port, timeout=30
+    )
 
 
-def events(connection: http.client.HTTPConnection, path: str) -> Iterator[tuple[str, Any]]:
+def events(
+    connection: http.client.HTTPConnection, path: str
+) -> Iterator[tuple[str, Any]]:
     """Yields (event, data) of a task's SSE stream."""
     connection.request("GET", path, headers={"Accept": "text/event-stream"})
     response = connection.getresponse()
@@ -33,10 +38,10 @@ def events(connection: http.client.HTTPConnection, path: str) -> Iterator[tuple[
         raise RuntimeError(f"event stream answered {response.status}")
     name, data = "message", ""
     while True:
-        line = response.readline()
-        if not line:
+        raw = response.readline()
+        if not raw:
             return
-        line = line.decode().rstrip("\r\n")
+        line = raw.decode().rstrip("\r\n")
         if not line:
             if data:
                 yield name, json.loads(data)
@@ -47,7 +52,9 @@ def events(connection: http.client.HTTPConnection, path: str) -> Iterator[tuple[
             data += line[5:].strip()
 
 
-def post(base: urllib.parse.SplitResult, path: str, form: dict[str, str]) -> http.client.HTTPResponse:
+def post(
+    base: urllib.parse.SplitResult, path: str, form: dict[str, str]
+) -> http.client.HTTPResponse:
     connection = connect(base)
     body = urllib.parse.urlencode(form)
     headers = {"Content-Type": "application/x-www-form-urlencoded"}

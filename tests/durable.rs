@@ -28,6 +28,7 @@ on_both_databases!(
     waiting_task_survives_a_gateway_kill,
     waiting_task_survives_a_serve_kill,
     twenty_steps_with_a_plugin_restart_between_every_two,
+    a_step_resumes_on_the_version_its_task_started_on,
     a_retry_safe_call_continues_from_its_checkpoint,
     a_call_not_safe_to_retry_fails_with_the_reason,
     a_call_found_running_with_unreadable_inputs_fails_with_that_reason,
@@ -338,6 +339,53 @@ async fn twenty_steps_with_a_plugin_restart_between_every_two(db: Db) {
             .starts_with("20 entities to classify\nclass `c1`: 1 entities"),
         "{status}"
     );
+}
+
+async fn a_step_resumes_on_the_version_its_task_started_on(db: Db) {
+    // The old and the new version side by side, as an operator deploys them.
+    let folders = common::PluginFolders::new();
+    folders.add(
+        "echo-old",
+        &common::versioned_manifest("echo", "v1.0.0", ""),
+    );
+    let database = TestDatabase::new(db).await;
+    let corral = Corral::serve(&database, &[folders.path()]);
+    corral.wait_for_plugins(&["echo@v1-0-0"]).await;
+    let task_url = corral
+        .submit("echo@v1-0-0", &[("step", "true"), ("text", "hi")])
+        .await;
+    let status = wait_for_step(&corral, &task_url, "confirm").await;
+    let unfinished = |body: &Value| body["unfinishedTasks"].clone();
+    let (_, body) = corral.get_json("/admin/plugins/").await;
+    assert_eq!(
+        unfinished(&body),
+        json!([{"plugin": "echo@v1-0-0", "waiting": 1, "running": 0}])
+    );
+    assert_eq!(body["plugins"][0]["waitingTasks"], 1);
+
+    // The new version arrives (an operator's start re-reads the folders).
+    folders.add(
+        "echo-new",
+        &common::versioned_manifest("echo", "v2.0.0", ""),
+    );
+    drop(corral);
+    let restarted = Corral::serve(&database, &[folders.path()]);
+    restarted
+        .wait_for_plugins(&["echo@v1-0-0", "echo@v2-0-0"])
+        .await;
+    let href = status["steps"][0]["href"].as_str().unwrap();
+    let href = restarted.url(&format!(
+        "/plugins/{}",
+        href.split_once("/plugins/").unwrap().1
+    ));
+    let (code, body) = submit_step(&restarted, &href, &[("answer", "yes")]).await;
+    assert_eq!(code, 303, "{body}");
+    let task_url = restarted.url(&format!("/tasks/{}/", task_id(&task_url)));
+    let status = restarted.finished(&task_url).await;
+    assert_eq!(status["log"], "confirmed: yes\nv1.0.0 says: hi");
+    // The old version has nothing left: it can go.
+    let (_, body) = restarted.get_json("/admin/plugins/").await;
+    assert_eq!(unfinished(&body), json!([]));
 }
 
 /// A plugin working through three parts, killed while it waits to do its

@@ -42,7 +42,6 @@ use crate::{
     runner::Runner,
     state::{AppState, Settings},
     store::Store,
-    webhooks::Webhooks,
 };
 
 /// Why the gateway could not run.
@@ -95,18 +94,17 @@ impl RunningGateway {
             source,
         })?;
         let shutdown = CancellationToken::new();
-        let webhooks = Webhooks::start(store.clone(), config.webhook_retry_for, shutdown.clone())
+        webhooks::deliver_notices(store.clone(), config.webhook_retry_for, shutdown.clone())
             .map_err(|error| GatewayError::Io {
-            what: "failed to set up the webhook client".into(),
-            source: std::io::Error::other(error),
-        })?;
+                what: "failed to set up the webhook client".into(),
+                source: std::io::Error::other(error),
+            })?;
         let directory = Directory::follow(config.supervisor_url.clone(), shutdown.clone());
         let runner = Runner {
             store: store.clone(),
             files: Arc::new(files),
             directory: directory.clone(),
             live: LiveEvents::default(),
-            webhooks,
             running: Default::default(),
             ended: Default::default(),
             closing: Default::default(),

@@ -7,8 +7,6 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use crate::views::TaskEvent;
-
 /// How many events a slow event-stream client may fall behind.
 const BACKLOG: usize = 256;
 
@@ -17,8 +15,17 @@ const BACKLOG: usize = 256;
 pub(crate) struct LiveEvent {
     /// Its position in the task's stored events (from 1): the SSE `id`.
     pub id: u64,
-    /// The event.
-    pub event: Arc<TaskEvent>,
+    /// The SSE event name (see [`TaskEvent`](crate::views::TaskEvent)).
+    pub name: &'static str,
+    /// Its data, JSON.
+    pub data: Arc<str>,
+}
+
+impl LiveEvent {
+    /// Whether this event ends the task's stream.
+    pub(crate) fn is_final(&self) -> bool {
+        self.name == "status"
+    }
 }
 
 /// Task id → the broadcast its stream clients follow.

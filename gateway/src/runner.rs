@@ -26,8 +26,8 @@ use crate::{
         StoreError, TaskStatus,
     },
     urls::BaseUrl,
-    views::{self, TaskEvent},
-    webhooks::{WebhookEvent, Webhooks},
+    views::{self, EncodedEvent, TaskEvent},
+    webhooks::WebhookEvent,
 };
 
 /// Largest gRPC message accepted from a plugin: a 1 MiB chunk or state and its framing.
@@ -144,7 +144,6 @@ pub(crate) struct Runner {
     pub(crate) files: Arc<dyn FileStore>,
     pub(crate) directory: Directory,
     pub(crate) live: LiveEvents,
-    pub(crate) webhooks: Webhooks,
     /// Running calls: ending a task from outside (shutdown) stops its runner.
     /// The base URL is for the links of a failure ended from outside.
     pub(crate) running: Arc<Mutex<HashMap<String, (CancellationToken, BaseUrl)>>>,
@@ -559,7 +558,6 @@ impl Runner {
         if let Some(count) = stored {
             tracing::info!(task = %job.task_id, step = step_id, "task waits for a step");
             self.publish(&job.task_id, numbered(events, count));
-            self.webhooks.wake();
         }
         Ok(())
     }
@@ -595,9 +593,7 @@ impl Runner {
         if let Some(reason) = reason {
             pending.reason(reason);
         }
-        pending.arrived(TaskEvent::Status {
-            status: status.as_str().to_owned(),
-        });
+        pending.arrived(TaskEvent::status(status.as_str()));
         let (batch, events) = pending.take();
         let task_url = base.absolute(&format!("/tasks/{task_id}/"));
         let notices = Notices {
@@ -620,7 +616,6 @@ impl Runner {
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
         self.live
             .finish(task_id, numbered(events, record.event_count));
-        self.webhooks.wake();
         Ok(())
     }
 
@@ -666,6 +661,9 @@ impl Runner {
     }
 
     async fn wait_until_ready(&self, plugin: &str, limit: Duration) -> Option<Arc<LivePlugin>> {
+        if let Some(live) = self.directory.snapshot().ready(plugin) {
+            return Some(live.clone());
+        }
         let wait = self
             .directory
             .wait_for(|table| table.ready(plugin).is_some());
@@ -675,7 +673,7 @@ impl Runner {
 }
 
 /// Events just stored, numbered: the last of them is the task's `count`th.
-fn numbered(events: Vec<TaskEvent>, count: i64) -> impl Iterator<Item = LiveEvent> {
+fn numbered(events: Vec<EncodedEvent>, count: i64) -> impl Iterator<Item = LiveEvent> {
     let count = u64::try_from(count).unwrap_or_default();
     let first = (count + 1).saturating_sub(events.len() as u64);
     events
@@ -683,7 +681,8 @@ fn numbered(events: Vec<TaskEvent>, count: i64) -> impl Iterator<Item = LiveEven
         .zip(first..)
         .map(|(event, id)| LiveEvent {
             id,
-            event: Arc::new(event),
+            name: event.name,
+            data: event.data.into(),
         })
 }
 
@@ -868,7 +867,7 @@ fn cut(mut text: String) -> String {
 pub(crate) struct Pending {
     batch: Batch,
     /// What followers of the task's event stream get once the batch is written.
-    events: Vec<TaskEvent>,
+    events: Vec<EncodedEvent>,
     /// When the oldest of them arrived.
     since: Option<tokio::time::Instant>,
     /// Characters of log taken by this runner; past [`MAX_LOG_CHARS`] lines are dropped.
@@ -885,11 +884,11 @@ impl Pending {
         if droppable && self.streamed >= MAX_STREAM_BYTES {
             return;
         }
-        let json = serde_json::to_string(&event)
-            .expect("a task event always serializes: strings and integers only");
-        self.streamed += json.len() + 1;
-        self.batch.event(&json);
-        self.events.push(event);
+        let encoded = event.encode();
+        let line = encoded.line();
+        self.streamed += line.len() + 1;
+        self.batch.event(&line);
+        self.events.push(encoded);
         self.since.get_or_insert_with(tokio::time::Instant::now);
     }
 
@@ -904,9 +903,7 @@ impl Pending {
     fn reason(&mut self, line: &str) {
         self.logged += line.len() + 1;
         self.batch.log_line(line);
-        self.arrived(TaskEvent::Log {
-            text: line.to_owned(),
-        });
+        self.arrived(TaskEvent::log(line));
     }
 
     fn progress(&mut self, progress: Progress) {
@@ -931,7 +928,7 @@ impl Pending {
         self.since.map(|since| since + WRITE_EVERY)
     }
 
-    fn take(&mut self) -> (Batch, Vec<TaskEvent>) {
+    fn take(&mut self) -> (Batch, Vec<EncodedEvent>) {
         self.since = None;
         (
             std::mem::take(&mut self.batch),
@@ -1153,12 +1150,23 @@ mod tests {
     #[test]
     fn stored_events_are_numbered_so_the_last_is_the_count() {
         let events = vec![
-            TaskEvent::Log { text: "a".into() },
-            TaskEvent::Status {
-                status: "SUCCESS".into(),
-            },
+            TaskEvent::log("a").encode(),
+            TaskEvent::status("SUCCESS").encode(),
         ];
         let ids: Vec<u64> = numbered(events, 7).map(|event| event.id).collect();
         assert_eq!(ids, [6, 7]);
+    }
+
+    #[test]
+    fn a_stored_event_reads_back_as_the_event_it_was() {
+        let encoded = TaskEvent::log("a \"quoted\" line\nand more").encode();
+        let line = encoded.line();
+        assert!(!line.contains('\n'), "one line: {line}");
+        let TaskEvent::Log(read) =
+            serde_json::from_str::<TaskEvent>(&line).expect("a stored line reads back")
+        else {
+            panic!("not a log line: {line}");
+        };
+        assert_eq!(read.text, "a \"quoted\" line\nand more");
     }
 }

@@ -354,6 +354,9 @@ pub struct Store {
     /// PostgreSQL (else SQLite): a task's end is one statement there.
     postgres: bool,
     finished: Arc<FinishedTasks>,
+    /// Woken after a commit that wrote webhook notices (the outbox's dispatcher
+    /// waits on it).
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -413,6 +416,7 @@ impl Store {
         Ok(Self {
             pool,
             postgres: !sqlite,
+            outbox: Arc::default(),
             finished: Arc::new(quick_cache::sync::Cache::with_weighter(
                 16 * 1024,
                 FINISHED_CACHE_BYTES,
@@ -617,10 +621,12 @@ impl Store {
         .bind(form)
         .execute(&mut *transaction)
         .await?;
-        insert_notices(id, notices, now)
+        let noticed = insert_notices(id, notices, now)
             .execute(&mut *transaction)
-            .await?;
+            .await?
+            .rows_affected();
         transaction.commit().await?;
+        self.committed_notices(noticed);
         Ok(Some(row.try_get("event_count")?))
     }
 
@@ -658,10 +664,12 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *transaction)
         .await?;
-        insert_notices(id, notices, now)
+        let noticed = insert_notices(id, notices, now)
             .execute(&mut *transaction)
-            .await?;
+            .await?
+            .rows_affected();
         transaction.commit().await?;
+        self.committed_notices(noticed);
         call.step_id = Some(step_id.to_owned());
         call.step_inputs = Some(inputs.to_owned());
         Ok(Some(call))
@@ -731,6 +739,9 @@ impl Store {
                 update = bind_file(update, output);
             }
             let row = update.fetch_optional(&self.pool).await?;
+            if let Some(row) = &row {
+                self.committed_notices(row.try_get::<i64, _>("notices")?.unsigned_abs());
+            }
             return row.map(finished).transpose();
         }
         let mut transaction = self.pool.begin().await?;
@@ -741,10 +752,12 @@ impl Store {
         for output in &batch.outputs {
             insert_file(output).execute(&mut *transaction).await?;
         }
-        insert_notices(id, notices, now)
+        let noticed = insert_notices(id, notices, now)
             .execute(&mut *transaction)
-            .await?;
+            .await?
+            .rows_affected();
         transaction.commit().await?;
+        self.committed_notices(noticed);
         finished(row).map(Some)
     }
 
@@ -801,6 +814,17 @@ impl Store {
         let after = usize::try_from(after).unwrap_or(usize::MAX);
         let lines = events.lines().skip(after).map(str::to_owned).collect();
         Ok(Some((lines, status != TaskStatus::Pending.as_str())))
+    }
+
+    /// Woken after each commit that wrote webhook notices.
+    pub fn outbox(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox.clone()
+    }
+
+    fn committed_notices(&self, count: u64) {
+        if count > 0 {
+            self.outbox.notify_one();
+        }
     }
 
     /// Subscribers with notices waiting.
@@ -959,7 +983,7 @@ fn end_in_one_statement(end: &str, outputs: usize, notices: Notices<'_>) -> Stri
     let mut sql = format!("WITH ended AS ({end})");
     if !notices.events.is_empty() {
         let insert = notices_sql(notices.events, ["$1", "$14", "$15", "$8"], ", ended");
-        sql.push_str(&format!(", notices_sent AS ({insert})"));
+        sql.push_str(&format!(", notices_sent AS ({insert} RETURNING 1)"));
     }
     for output in 0..outputs {
         let first = BATCH_VALUES + 4 + output * FILE_VALUES;
@@ -971,7 +995,14 @@ fn end_in_one_statement(end: &str, outputs: usize, notices: Notices<'_>) -> Stri
             values.join(", ")
         ));
     }
-    sql.push_str(" SELECT plugin, created_at, event_count FROM ended");
+    let noticed = if notices.events.is_empty() {
+        "0"
+    } else {
+        "(SELECT COUNT(*) FROM notices_sent)"
+    };
+    sql.push_str(&format!(
+        " SELECT plugin, created_at, event_count, {noticed} AS notices FROM ended"
+    ));
     sql
 }
 

@@ -138,10 +138,7 @@ pub(crate) struct TaskStatus {
 #[serde(tag = "event", content = "data", rename_all = "lowercase")]
 pub(crate) enum TaskEvent {
     /// A line of the task log.
-    Log {
-        /// The line.
-        text: String,
-    },
+    Log(LogLine),
     /// The task's progress.
     Progress(Progress),
     /// The task waits for this step.
@@ -149,41 +146,69 @@ pub(crate) enum TaskEvent {
     /// An output file is complete (and can be fetched).
     Output(Output),
     /// The task ended; always the last event.
-    Status {
-        /// `SUCCESS` or `FAILURE`.
-        status: String,
-    },
+    Status(TaskEnd),
+}
+
+/// A line of a task's log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct LogLine {
+    pub(crate) text: String,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct TaskEnd {
+    /// `SUCCESS` or `FAILURE`.
+    pub(crate) status: String,
+}
+
+/// A task event as it is sent and stored: its SSE name and its data (JSON).
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedEvent {
+    pub(crate) name: &'static str,
+    pub(crate) data: String,
+}
+
+impl EncodedEvent {
+    /// The stored form, `{"event": name, "data": data}`, the way
+    /// [`TaskEvent`] deserializes.
+    pub(crate) fn line(&self) -> String {
+        let mut line = String::with_capacity(self.data.len() + self.name.len() + 20);
+        line.push_str("{\"event\":\"");
+        line.push_str(self.name);
+        line.push_str("\",\"data\":");
+        line.push_str(&self.data);
+        line.push('}');
+        line
+    }
 }
 
 impl TaskEvent {
-    /// The SSE event name.
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::Log { .. } => "log",
-            Self::Progress(_) => "progress",
-            Self::Step(_) => "step",
-            Self::Output(_) => "output",
-            Self::Status { .. } => "status",
+    /// The event's name and data, serialized once.
+    pub(crate) fn encode(&self) -> EncodedEvent {
+        let (name, data) = match self {
+            Self::Log(line) => ("log", serde_json::to_string(line)),
+            Self::Progress(progress) => ("progress", serde_json::to_string(progress)),
+            Self::Step(step) => ("step", serde_json::to_string(step)),
+            Self::Output(output) => ("output", serde_json::to_string(output)),
+            Self::Status(end) => ("status", serde_json::to_string(end)),
+        };
+        EncodedEvent {
+            name,
+            data: data.expect("a task event always serializes: strings and integers only"),
         }
     }
 
-    /// The SSE data: the content as JSON.
-    pub(crate) fn data(&self) -> String {
-        let data = match self {
-            Self::Log { text } => serde_json::to_string(&serde_json::json!({ "text": text })),
-            Self::Progress(progress) => serde_json::to_string(progress),
-            Self::Step(step) => serde_json::to_string(step),
-            Self::Output(output) => serde_json::to_string(output),
-            Self::Status { status } => {
-                serde_json::to_string(&serde_json::json!({ "status": status }))
-            }
-        };
-        data.expect("a task event always serializes: strings and integers only")
+    /// A log line.
+    pub(crate) fn log(text: impl Into<String>) -> Self {
+        Self::Log(LogLine { text: text.into() })
     }
 
-    /// Whether this event ends the task's stream.
-    pub(crate) fn is_final(&self) -> bool {
-        matches!(self, Self::Status { .. })
+    /// The end of a task.
+    pub(crate) fn status(status: &str) -> Self {
+        Self::Status(TaskEnd {
+            status: status.to_owned(),
+        })
     }
 }
 

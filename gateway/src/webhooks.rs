@@ -1,6 +1,7 @@
 //! Webhook delivery from the outbox: every notice is a row of `notices`,
 //! written in the transaction of the change that causes it, so a commit's
-//! notices survive any crash. A dispatcher keeps one worker per subscriber
+//! notices survive any crash. A dispatcher (woken by the store after a commit
+//! that wrote notices) keeps one worker per subscriber
 //! with notices waiting; each worker delivers its subscriber's notices in
 //! order, retrying a failed one with backoff for a bounded time, and deletes
 //! each once delivered (or given up). A slow or dead subscriber holds up only
@@ -49,40 +50,27 @@ impl WebhookEvent {
     }
 }
 
-/// The outbox's delivery: wake it after committing notices.
-#[derive(Debug, Clone)]
-pub(crate) struct Webhooks {
-    wake: Arc<Notify>,
-}
-
-impl Webhooks {
-    /// Starts the dispatcher; it stops at `shutdown` (what is not delivered
-    /// stays in the outbox for the next start). A notice not delivered within
-    /// `retry_for` of its change is given up, with an error in the log.
-    pub(crate) fn start(
-        store: Store,
-        retry_for: Duration,
-        shutdown: CancellationToken,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
-        let wake = Arc::new(Notify::new());
-        let dispatcher = Dispatcher {
-            store,
-            client,
-            retry_for,
-            shutdown,
-            wake: wake.clone(),
-            workers: HashMap::new(),
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_WORKERS)),
-        };
-        tokio::spawn(dispatcher.run());
-        Ok(Self { wake })
-    }
-
-    /// Tells the dispatcher that notices were committed.
-    pub(crate) fn wake(&self) {
-        self.wake.notify_one();
-    }
+/// Starts the outbox's dispatcher (woken by the store after each commit that
+/// wrote notices); it stops at `shutdown`, and what is not delivered stays in
+/// the outbox for the next start. A notice not delivered within `retry_for` of
+/// its change is given up, with an error in the log.
+pub(crate) fn deliver_notices(
+    store: Store,
+    retry_for: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), reqwest::Error> {
+    let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+    let dispatcher = Dispatcher {
+        wake: store.outbox(),
+        store,
+        client,
+        retry_for,
+        shutdown,
+        workers: HashMap::new(),
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_WORKERS)),
+    };
+    tokio::spawn(dispatcher.run());
+    Ok(())
 }
 
 struct Dispatcher {

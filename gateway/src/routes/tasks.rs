@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 use axum::{
     Json,
     extract::{Path, Query, Request, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{
         Html, IntoResponse, Redirect, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -133,12 +133,8 @@ pub(crate) async fn events(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
     base: BaseUrl,
-    headers: HeaderMap,
+    LastEventId(last_seen): LastEventId,
 ) -> Result<Response, ApiError> {
-    let last_seen = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok());
     // Follow first, then read: nothing falls in between (and what is read is
     // not sent twice: events carry their ids).
     let live = &state.runner.live;
@@ -174,10 +170,8 @@ pub(crate) async fn events(
                 .map_err(|error| ApiError::Internal(Box::new(error)))?;
             let mut first = vec![snapshot];
             if let (true, Some(status)) = (finished, record.status) {
-                let end = TaskEvent::Status {
-                    status: status.as_str().to_owned(),
-                };
-                first.push(sse(count, &end));
+                let end = TaskEvent::status(status.as_str()).encode();
+                first.push(sse(count, end.name, &end.data));
             }
             (first, count, finished)
         }
@@ -195,12 +189,31 @@ pub(crate) async fn events(
         .into_response())
 }
 
+/// The `Last-Event-ID` a reconnecting client sends (an id of ours: a number).
+pub(crate) struct LastEventId(Option<u64>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LastEventId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let id = parts
+            .headers
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok());
+        Ok(Self(id))
+    }
+}
+
 /// An event as the stream sends it.
-fn sse(id: u64, event: &TaskEvent) -> SseEvent {
+fn sse(id: u64, name: &str, data: &str) -> SseEvent {
     SseEvent::default()
-        .event(event.name())
+        .event(name)
         .id(id.to_string())
-        .data(event.data())
+        .data(data)
 }
 
 /// Stored events (JSON lines) as SSE events, the first with id `after + 1`;
@@ -211,7 +224,10 @@ fn stored_events(lines: &[String], after: u64) -> (Vec<SseEvent>, u64) {
     for line in lines {
         last_id += 1;
         match serde_json::from_str::<TaskEvent>(line) {
-            Ok(event) => events.push(sse(last_id, &event)),
+            Ok(event) => {
+                let event = event.encode();
+                events.push(sse(last_id, event.name, &event.data));
+            }
             Err(error) => tracing::error!(%error, id = last_id, "an unreadable stored event"),
         }
     }
@@ -259,8 +275,13 @@ fn event_stream(
                 Ok(live) if live.id <= follow.last_id => {}
                 Ok(live) => {
                     follow.last_id = live.id;
-                    let last = live.event.is_final();
-                    if sender.send(sse(live.id, &live.event)).await.is_err() || last {
+                    let last = live.is_final();
+                    if sender
+                        .send(sse(live.id, live.name, &live.data))
+                        .await
+                        .is_err()
+                        || last
+                    {
                         return;
                     }
                 }
@@ -406,7 +427,6 @@ pub(crate) async fn step(
                 else {
                     return Ok(false);
                 };
-                runner.webhooks.wake();
                 match Job::stored(call, step_base.clone()) {
                     Ok(job) => runner.spawn(job),
                     Err(reason) => runner.end_failed(&task, &reason, &step_base).await?,
