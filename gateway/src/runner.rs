@@ -40,6 +40,9 @@ const CRASH_REPORT_WAIT: Duration = Duration::from_secs(2);
 /// How often a call that never reached its plugin (connection refused) is
 /// tried again once the plugin is ready.
 const UNREACHED_TRIES: u32 = 3;
+/// How many times a call of a `retry_safe` plugin may run (after crashes of
+/// the plugin or of the gateway).
+const MAX_RUNS: u32 = 2;
 /// How long ending one task may take at shutdown (a database that is down
 /// must not hold the exit up).
 const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
@@ -144,9 +147,9 @@ pub(crate) struct Runner {
     pub(crate) files: Arc<dyn FileStore>,
     pub(crate) directory: Directory,
     pub(crate) live: LiveEvents,
-    /// Running calls: ending a task from outside (shutdown) stops its runner.
-    /// The base URL is for the links of a failure ended from outside.
-    pub(crate) running: Arc<Mutex<HashMap<String, (CancellationToken, BaseUrl)>>>,
+    /// Running calls by task: ending a task from outside (shutdown) stops its
+    /// runner. The base URL is for the links of a failure ended from outside.
+    pub(crate) running: Arc<Mutex<HashMap<String, RunningCall>>>,
     /// Woken each time a runner ends.
     pub(crate) ended: Arc<tokio::sync::Notify>,
     /// Set when shutdown begins: no new call starts.
@@ -155,6 +158,15 @@ pub(crate) struct Runner {
     /// The largest output file.
     pub(crate) max_output_bytes: u64,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// A call in the runner's table of running calls.
+#[derive(Debug)]
+pub(crate) struct RunningCall {
+    /// Tells this call's runner apart from the task's next one.
+    number: u64,
+    cancel: CancellationToken,
+    base: BaseUrl,
 }
 
 /// How one invocation ended.
@@ -175,18 +187,25 @@ enum Outcome {
 
 impl Runner {
     /// Runs a call of a task in the background. Once shutdown began no call
-    /// starts: the task stays `PENDING` for the next start.
-    pub(crate) fn spawn(&self, job: Job) {
+    /// starts (false): the task stays `PENDING` for the next start.
+    pub(crate) fn spawn(&self, job: Job) -> bool {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let runner = self.clone();
         let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
         let cancel = CancellationToken::new();
+        let number = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut running = self.lock_running();
             if self.shutdown_begun() {
                 tracing::info!(task = %job.task_id, "not started: the gateway is shutting down");
-                return;
+                return false;
             }
-            running.insert(job.task_id.clone(), (cancel.clone(), job.base.clone()));
+            let call = RunningCall {
+                number,
+                cancel: cancel.clone(),
+                base: job.base.clone(),
+            };
+            running.insert(job.task_id.clone(), call);
         }
         let task = async move {
             runner.metrics.task_started();
@@ -198,11 +217,21 @@ impl Runner {
                     tracing::error!(task = %task_id, %error, "failed to end a task");
                 }
             }
-            runner.lock_running().remove(&task_id);
+            {
+                // Only this call's entry: the task's next call may have its own.
+                let mut running = runner.lock_running();
+                if running
+                    .get(&task_id)
+                    .is_some_and(|call| call.number == number)
+                {
+                    running.remove(&task_id);
+                }
+            }
             runner.metrics.task_ended();
             runner.ended.notify_waiters();
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
+        true
     }
 
     /// Shutdown: lets running calls finish within `grace` (or until `immediate`),
@@ -234,7 +263,7 @@ impl Runner {
         let remaining: Vec<(String, BaseUrl)> = self
             .lock_running()
             .iter()
-            .map(|(task_id, (_, base))| (task_id.clone(), base.clone()))
+            .map(|(task_id, call)| (task_id.clone(), call.base.clone()))
             .collect();
         for (task_id, base) in remaining {
             let reason = "the gateway shut down before the task finished";
@@ -255,9 +284,7 @@ impl Runner {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn lock_running(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, BaseUrl)>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningCall>> {
         self.running
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -277,7 +304,8 @@ impl Runner {
                 let (task_id, plugin) = (record.id.clone(), record.plugin.clone());
                 let reason = match runner.recovered(record, base.clone()).await {
                     Ok(job) => {
-                        runner.spawn(job);
+                        // Refused only at shutdown: the next start takes it up.
+                        let _started = runner.spawn(job);
                         return;
                     }
                     Err(reason) => reason,
@@ -321,6 +349,13 @@ impl Runner {
                 Some(next) => attempt = next,
                 None => return Ok(()),
             }
+            if attempt > MAX_RUNS {
+                let reason = format!(
+                    "the gateway restarted while the task was running, \
+                     and the call had run {MAX_RUNS} times already"
+                );
+                return self.fail(&job, &reason, pending).await;
+            }
         }
         let mut unreached = 0;
         loop {
@@ -363,7 +398,7 @@ impl Runner {
                 }
                 Outcome::Crashed(reason) | Outcome::Unreached(reason) => reason,
             };
-            if !live.retry_safe || attempt >= 2 {
+            if !live.retry_safe || attempt >= MAX_RUNS {
                 return self.fail(&job, &crash, pending).await;
             }
             pending.log(&format!("{crash}; running the task again"));
@@ -382,6 +417,11 @@ impl Runner {
         let Some(attempt) = self.store.begin_attempt(&job.task_id).await? else {
             return Ok(None);
         };
+        for key in &attempt.dropped_files {
+            if let Err(error) = self.files.delete(key).await {
+                tracing::warn!(%error, key, "failed to delete a dropped output file");
+            }
+        }
         job.state = attempt.state;
         job.outputs = attempt.state_outputs;
         Ok(Some(u32::try_from(attempt.attempts).unwrap_or(u32::MAX)))
@@ -610,8 +650,8 @@ impl Runner {
         self.metrics
             .task_finished(&record.plugin, status.as_str(), seconds);
         // A runner still streaming this task (it was ended from outside) stops.
-        if let Some((cancel, _)) = self.lock_running().get(task_id) {
-            cancel.cancel();
+        if let Some(call) = self.lock_running().get(task_id) {
+            call.cancel.cancel();
         }
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
         self.live

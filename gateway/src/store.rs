@@ -11,7 +11,8 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
-/// Past this many characters a task's log takes no more lines.
+/// Past this many characters taken in one call, a task's log takes no more of
+/// that call's lines (the failure reason always goes in).
 pub const MAX_LOG_CHARS: usize = 4 * 1024 * 1024;
 
 /// A task's lifecycle status, as the REST contract spells it.
@@ -127,7 +128,7 @@ pub struct TaskRecord {
     pub log: String,
     /// Last progress.
     pub progress: Option<Progress>,
-    /// How many times the task was started.
+    /// How many times the task's current call was run.
     pub attempts: i64,
     /// Steps in order.
     pub steps: Vec<StepRecord>,
@@ -187,6 +188,9 @@ pub struct Attempt {
     pub state: Option<String>,
     /// How many outputs the task keeps.
     pub state_outputs: i64,
+    /// The file-store keys of the outputs dropped (written after the state).
+    #[sqlx(skip)]
+    pub dropped_files: Vec<String>,
 }
 
 /// Unfinished tasks of one plugin identifier.
@@ -242,6 +246,12 @@ macro_rules! batch_columns {
 
 /// How many parameters [`Batch::update`] binds.
 const BATCH_VALUES: usize = 12;
+/// The first parameter of the file rows of [`end_in_one_statement`]: after
+/// the batch's, the status, the task URL and the notices' position.
+const FIRST_FILE_PARAMETER: usize = BATCH_VALUES + 4;
+/// Above this many outputs a task's end is a transaction of statements (a
+/// statement takes at most 65,535 parameters).
+const OUTPUTS_IN_ONE_STATEMENT: usize = 64;
 
 /// Events of a running task not yet written: the runner collects them and the
 /// store writes them together (see `tasks.md`).
@@ -571,15 +581,24 @@ impl Store {
         .bind(now_millis())
         .fetch_optional(&mut *transaction)
         .await?;
-        let Some(attempt) = attempt else {
+        let Some(mut attempt) = attempt else {
             return Ok(None);
         };
-        sqlx::query("DELETE FROM files WHERE task_id = $1 AND kind = 'output' AND position >= $2")
-            .bind(id)
-            .bind(attempt.state_outputs)
-            .execute(&mut *transaction)
-            .await?;
+        let dropped = sqlx::query(
+            "DELETE FROM files WHERE task_id = $1 AND kind = 'output' AND position >= $2 \
+             RETURNING storage_key",
+        )
+        .bind(id)
+        .bind(attempt.state_outputs)
+        .fetch_all(&mut *transaction)
+        .await?;
         transaction.commit().await?;
+        for row in dropped {
+            let key: String = row.try_get("storage_key")?;
+            if !key.is_empty() {
+                attempt.dropped_files.push(key);
+            }
+        }
         Ok(Some(attempt))
     }
 
@@ -675,6 +694,21 @@ impl Store {
         Ok(Some(call))
     }
 
+    /// Undoes [`Store::clear_step`] when its continuation could not start (the
+    /// gateway began shutting down): the step waits again.
+    pub async fn reopen_step(&self, id: &str, step_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE task_steps SET cleared = 0, inputs = NULL \
+             WHERE task_id = $1 AND step_id = $2 AND cleared = 1 AND position = \
+             (SELECT MAX(position) FROM task_steps WHERE task_id = $1)",
+        )
+        .bind(id)
+        .bind(step_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Writes a running task's batched events: its output rows and, in the same
     /// transaction, its new log lines, progress, stream events and state.
     /// Returns the task's event count after them; `None` (nothing written)
@@ -713,10 +747,14 @@ impl Store {
         notices: Notices<'_>,
     ) -> Result<Option<Finished>, StoreError> {
         let now = now_millis();
+        // A task waiting for a step has no call that could end it: an end
+        // racing the step's commit (a shutdown's) leaves it waiting.
         const END: &str = concat!(
             "UPDATE tasks SET status = $13, finished_at = $8, ",
             batch_columns!(),
-            " WHERE id = $1 AND status = 'PENDING' RETURNING plugin, created_at, event_count"
+            " WHERE id = $1 AND status = 'PENDING' AND NOT EXISTS \
+             (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
+             RETURNING plugin, created_at, event_count"
         );
         let finished = |row: AnyRow| -> Result<Finished, StoreError> {
             Ok(Finished {
@@ -726,7 +764,7 @@ impl Store {
                 event_count: row.try_get("event_count")?,
             })
         };
-        if self.postgres {
+        if self.postgres && batch.outputs.len() <= OUTPUTS_IN_ONE_STATEMENT {
             // One statement, one round trip: the outputs and notices are
             // inserted only if the update ended the task.
             let sql = end_in_one_statement(END, batch.outputs.len(), notices);
@@ -986,7 +1024,7 @@ fn end_in_one_statement(end: &str, outputs: usize, notices: Notices<'_>) -> Stri
         sql.push_str(&format!(", notices_sent AS ({insert} RETURNING 1)"));
     }
     for output in 0..outputs {
-        let first = BATCH_VALUES + 4 + output * FILE_VALUES;
+        let first = FIRST_FILE_PARAMETER + output * FILE_VALUES;
         let values: Vec<String> = (first..first + FILE_VALUES)
             .map(|parameter| format!("${parameter}"))
             .collect();
@@ -1036,6 +1074,10 @@ fn notices_sql(events: &[&str], parameters: [&str; 4], also_from: &str) -> Strin
 /// The notices of a change, as a statement of its own (in the change's
 /// transaction).
 fn insert_notices<'q>(id: &'q str, notices: Notices<'q>, now: i64) -> Query<'q> {
+    debug_assert!(
+        !notices.events.is_empty(),
+        "a change with notices names them"
+    );
     let sql = notices_sql(notices.events, ["$1", "$2", "$3", "$4"], "");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)

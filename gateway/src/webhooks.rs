@@ -25,7 +25,7 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(500);
 /// How many notices a worker reads at once.
 const READ_AHEAD: i64 = 32;
-/// How many subscribers are delivered to at the same time.
+/// How many POSTs are in flight at the same time.
 const MAX_WORKERS: usize = 256;
 
 /// Which change a notice reports.
@@ -113,9 +113,6 @@ impl Dispatcher {
         let (retry_for, shutdown) = (self.retry_for, self.shutdown.clone());
         let slots = self.slots.clone();
         async move {
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
-            };
             loop {
                 let notices = match store.notices(&href, READ_AHEAD).await {
                     Ok(notices) if notices.is_empty() => return,
@@ -127,7 +124,7 @@ impl Dispatcher {
                 };
                 for notice in notices {
                     tokio::select! {
-                        () = deliver(&client, &notice, retry_for) => {}
+                        () = deliver(&client, &slots, &notice, retry_for) => {}
                         () = shutdown.cancelled() => return,
                     }
                     if let Err(error) = store.delete_notice(&notice).await {
@@ -142,8 +139,14 @@ impl Dispatcher {
 }
 
 /// POSTs a notice until its subscriber takes it (a 2xx answer), or until
-/// `retry_for` after its change has passed.
-async fn deliver(client: &reqwest::Client, notice: &Notice, retry_for: Duration) {
+/// `retry_for` after its change has passed. Each POST takes one of the
+/// `slots` (none is held while waiting to try again).
+async fn deliver(
+    client: &reqwest::Client,
+    slots: &tokio::sync::Semaphore,
+    notice: &Notice,
+    retry_for: Duration,
+) {
     let href = &notice.webhook_href;
     let Ok(mut url) = url::Url::parse(href) else {
         tracing::warn!(%href, "invalid webhook URL; notice dropped");
@@ -155,6 +158,9 @@ async fn deliver(client: &reqwest::Client, notice: &Notice, retry_for: Duration)
     let give_up_at = notice.created_at + i64::try_from(retry_for.as_millis()).unwrap_or(i64::MAX);
     let mut delay = FIRST_DELAY;
     loop {
+        let Ok(slot) = slots.acquire().await else {
+            return;
+        };
         match client.post(url.clone()).send().await {
             Ok(response) if response.status().is_success() => return,
             Ok(response) => tracing::warn!(%url, status = %response.status(), "webhook refused"),
@@ -164,6 +170,7 @@ async fn deliver(client: &reqwest::Client, notice: &Notice, retry_for: Duration)
             tracing::error!(%url, task = %notice.task_id, "webhook not delivered in time; notice dropped");
             return;
         }
+        drop(slot);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_DELAY);
     }

@@ -156,6 +156,8 @@ pub(crate) async fn events(
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         Some(seen) => {
+            // An id beyond what is stored (not one of ours) resumes from the end.
+            let seen = seen.min(count);
             let Some((lines, ended)) = state.store.events_after(&task_id, seen).await? else {
                 return Err(ApiError::NotFound("Task not found.".into()));
             };
@@ -271,44 +273,64 @@ fn event_stream(
                 () = sender.closed() => return,
                 () = follow.shutdown.cancelled() => return,
             };
-            match received {
-                Ok(live) if live.id <= follow.last_id => {}
-                Ok(live) => {
-                    follow.last_id = live.id;
-                    let last = live.is_final();
-                    if sender
-                        .send(sse(live.id, live.name, &live.data))
-                        .await
-                        .is_err()
-                        || last
-                    {
-                        return;
+            let live = match received {
+                Ok(live) if live.id <= follow.last_id => continue,
+                Ok(live) if live.id == follow.last_id + 1 => live,
+                // Events it missed (it fell behind, or they were published
+                // after the task's end): they are stored, send them from there.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    match follow.repair(&sender).await {
+                        Repaired::Going => continue,
+                        Repaired::Done => return,
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // What was missed is stored: send it from there.
-                    let stored = follow
-                        .store
-                        .events_after(&follow.task_id, follow.last_id)
-                        .await;
-                    let Ok(Some((lines, ended))) = stored else {
-                        return;
-                    };
-                    let (events, last_id) = stored_events(&lines, follow.last_id);
-                    follow.last_id = last_id;
-                    for event in events {
-                        if sender.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    if ended {
-                        return;
-                    }
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The task ended: whatever was not received is stored.
+                    let _done = follow.repair(&sender).await;
+                    return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            follow.last_id = live.id;
+            let last = live.is_final();
+            if sender
+                .send(sse(live.id, live.name, &live.data))
+                .await
+                .is_err()
+                || last
+            {
+                return;
             }
         }
     })
+}
+
+/// Whether a repaired stream goes on.
+enum Repaired {
+    Going,
+    Done,
+}
+
+impl Follow {
+    /// Sends the stored events after the last one sent; done when they end
+    /// the task or the client left.
+    async fn repair(&mut self, sender: &tokio::sync::mpsc::Sender<SseEvent>) -> Repaired {
+        let Ok(Some((lines, ended))) = self.store.events_after(&self.task_id, self.last_id).await
+        else {
+            return Repaired::Done;
+        };
+        let (events, last_id) = stored_events(&lines, self.last_id);
+        self.last_id = last_id;
+        for event in events {
+            if sender.send(event).await.is_err() {
+                return Repaired::Done;
+            }
+        }
+        if ended {
+            Repaired::Done
+        } else {
+            Repaired::Going
+        }
+    }
 }
 
 /// A stream fed by a task that sends into a bounded channel.
@@ -388,8 +410,11 @@ pub(crate) async fn step(
         StepAction::Process => {
             let submitted_already =
                 || ApiError::Conflict("This step was already submitted.".into());
-            if step.cleared || record.finished_at.is_some() {
+            if step.cleared {
                 return Err(submitted_already());
+            }
+            if record.finished_at.is_some() {
+                return Err(ApiError::Conflict("This task has ended.".into()));
             }
             let submitted = body::read(&state, request, body::Uploads::Store).await?;
             let values = match forms::validate(&fields, &submitted.values) {
@@ -399,23 +424,26 @@ pub(crate) async fn step(
                     return Err(ApiError::Invalid(submitted.location(), errors));
                 }
             };
+            let not_ready = || {
+                ApiError::Unavailable(format!(
+                    "Plugin {plugin} is not ready; the step was not submitted, try again shortly."
+                ))
+            };
             // The step is taken only when its continuation can run now: else
             // it stays waiting and the client tries again.
             let ready = state.directory.snapshot().ready(&record.plugin).is_some();
             if !ready || state.runner.shutdown_begun() {
                 submitted.discard_uploads(&state).await;
-                return Err(ApiError::Unavailable(format!(
-                    "Plugin {plugin} is not ready; the step was not submitted, try again shortly."
-                )));
+                return Err(not_ready());
             }
             let inputs = serde_json::to_string(&values)
                 .map_err(|error| ApiError::Internal(Box::new(error)))?;
             // Finished even if the client goes away: a cleared step always gets
-            // its continuation.
+            // its continuation (or waits again).
             let runner = state.runner.clone();
             let task_url = base.absolute(&format!("/tasks/{task_id}/"));
             let (task, step, step_base) = (task_id.clone(), step_id.clone(), base.clone());
-            let cleared = tokio::spawn(async move {
+            let taken = tokio::spawn(async move {
                 let notices = Notices {
                     task_url: &task_url,
                     events: &[WebhookEvent::Steps.as_str()],
@@ -425,22 +453,53 @@ pub(crate) async fn step(
                     .clear_step(&task, &step, &inputs, notices)
                     .await?
                 else {
-                    return Ok(false);
+                    return Ok(Taken::AlreadySubmitted);
                 };
-                match Job::stored(call, step_base.clone()) {
-                    Ok(job) => runner.spawn(job),
-                    Err(reason) => runner.end_failed(&task, &reason, &step_base).await?,
+                let job = match Job::stored(call, step_base.clone()) {
+                    Ok(job) => job,
+                    Err(reason) => {
+                        runner.end_failed(&task, &reason, &step_base).await?;
+                        return Ok(Taken::Yes);
+                    }
+                };
+                if runner.spawn(job) {
+                    return Ok(Taken::Yes);
                 }
-                Ok::<_, ApiError>(true)
+                // Shutdown began meanwhile: the step waits for the next start.
+                runner.store.reopen_step(&task, &step).await?;
+                Ok::<_, ApiError>(Taken::NotNow)
             })
             .await
-            .map_err(|error| ApiError::Internal(Box::new(error)))??;
-            if !cleared {
-                return Err(submitted_already());
+            .map_err(|error| ApiError::Internal(Box::new(error)))?;
+            match taken {
+                Ok(Taken::Yes) => {
+                    Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
+                }
+                Ok(Taken::AlreadySubmitted) => {
+                    submitted.discard_uploads(&state).await;
+                    Err(submitted_already())
+                }
+                Ok(Taken::NotNow) => {
+                    submitted.discard_uploads(&state).await;
+                    Err(not_ready())
+                }
+                Err(error) => {
+                    submitted.discard_uploads(&state).await;
+                    Err(error)
+                }
             }
-            Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
         }
     }
+}
+
+/// What became of a step's submission.
+enum Taken {
+    /// Its continuation runs.
+    Yes,
+    /// Another submission took the step first.
+    AlreadySubmitted,
+    /// The gateway began shutting down: the step waits again.
+    NotNow,
 }
 
 enum StepAction {

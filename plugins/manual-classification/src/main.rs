@@ -1,5 +1,6 @@
 //! manual-classification v0.1.0: a person labels entities, one class per step,
-//! for as many steps as it takes; a `done` step finishes (or adds a class).
+//! for as many steps as it takes; a `done` step finishes, or goes back to
+//! classify what was set aside.
 //!
 //! Each call ends with the next step and the work so far as its state, so a
 //! task can wait days between two steps and outlive every restart.
@@ -22,6 +23,9 @@ struct Labels {
     unlabelled: Vec<String>,
     /// Entity → class.
     labels: BTreeMap<String, String>,
+    /// Entities set aside unlabelled (the person checked `last`).
+    #[serde(default)]
+    skipped: Vec<String>,
     /// Class steps asked for so far.
     classes: u32,
 }
@@ -31,26 +35,22 @@ impl Labels {
     /// else `done`.
     fn next(mut self) -> Next<Self> {
         if self.unlabelled.is_empty() {
+            let classes: std::collections::BTreeSet<_> = self.labels.values().collect();
             let summary = format!(
-                "{} entities in {} classes.",
+                "{} entities in {} classes, {} without a class.",
                 self.labels.len(),
-                self.labels
-                    .values()
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len()
+                classes.len(),
+                self.skipped.len()
             );
+            let mut actions = vec![("finish", "Finish: write the labels")];
+            if !self.skipped.is_empty() {
+                actions.push(("add", "Add a class for the entities without one"));
+            }
             let form = vec![
-                Field::choice(
-                    "action",
-                    "Finish",
-                    [
-                        ("finish", "Finish: write the labels"),
-                        ("add", "Add a class"),
-                    ],
-                )
-                .required()
-                .default_value("finish")
-                .help(summary),
+                Field::choice("action", "Finish", actions)
+                    .required()
+                    .default_value("finish")
+                    .help(summary),
             ];
             return Next::step("done", form, self);
         }
@@ -63,7 +63,7 @@ impl Labels {
                     "Not classified yet: {}",
                     self.unlabelled.join(", ")
                 )),
-            Field::boolean("last", "Last class (the rest stays unclassified)"),
+            Field::boolean("last", "Last class (set the rest aside)"),
         ];
         Next::step(format!("class-{}", self.classes), form, self)
     }
@@ -118,7 +118,8 @@ impl Plugin for ManualClassification {
         let mut labels = step.state;
         if step.id == "done" {
             if step.inputs.get("action") == Some("add") {
-                return Ok(labels.next_class());
+                labels.unlabelled = std::mem::take(&mut labels.skipped);
+                return Ok(labels.next());
             }
             return finish(&task, labels).await;
         }
@@ -142,25 +143,10 @@ impl Plugin for ManualClassification {
         task.log(format!("class `{class}`: {taken} entities"))
             .await?;
         if step.inputs.get("last") == Some("true") {
-            labels.unlabelled.clear();
+            let rest = std::mem::take(&mut labels.unlabelled);
+            labels.skipped.extend(rest);
         }
         Ok(labels.next())
-    }
-}
-
-impl Labels {
-    /// Another class step, even when every entity has one (to relabel none).
-    fn next_class(mut self) -> Next<Self> {
-        if self.unlabelled.is_empty() {
-            self.classes += 1;
-            let form = vec![
-                Field::text("label", "Class").required(),
-                Field::textarea("members", "Entities of this class").required(),
-                Field::boolean("last", "Last class"),
-            ];
-            return Next::step(format!("class-{}", self.classes), form, self);
-        }
-        self.next()
     }
 }
 
