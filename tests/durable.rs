@@ -390,7 +390,10 @@ async fn a_step_resumes_on_the_version_its_task_started_on(db: Db) {
 
 /// A plugin working through three parts, killed while it waits to do its
 /// second: returns the task's final status.
-async fn killed_after_the_first_checkpoint(db: Db, retry_safe: bool) -> Value {
+async fn killed_after_the_first_checkpoint(
+    db: Db,
+    retry_safe: bool,
+) -> (TestDatabase, Corral, Value) {
     let folders = common::PluginFolders::new();
     let extra = if retry_safe { "retry_safe = true" } else { "" };
     folders.add(
@@ -405,13 +408,14 @@ async fn killed_after_the_first_checkpoint(db: Db, retry_safe: bool) -> Value {
         .submit("parts@v1-0-0", &[("parts", "3"), ("gate", &gate.url)])
         .await;
     gate.open(1);
-    // The log line follows the checkpoint: once it is seen, the checkpoint is stored.
-    system
-        .events_until(&task_url, |name, data| {
-            name == "log" && data["text"] == "part 0 done"
-                || name == "snapshot" && data["log"] == "part 0 done"
-        })
-        .await;
+    // Part 1's output follows the first checkpoint: once it is stored, the
+    // checkpoint is, and the call waits at the gate. (Replayed from the first
+    // event: it may have come before this client.)
+    stream_events(&system.client, &task_url, Some(0), |event| {
+        event.name == "output" && event.data["name"] == "part-1.txt"
+    })
+    .await
+    .unwrap();
     let admin = format!("http://{}", system.grpc.as_ref().unwrap());
     let mut client = AdminClient::connect(admin).await.unwrap();
     let reference = PluginRef {
@@ -421,11 +425,12 @@ async fn killed_after_the_first_checkpoint(db: Db, retry_safe: bool) -> Value {
     common::signal(pid, nix::sys::signal::Signal::SIGKILL);
     // Parts 1 and 2 (a permit more, should the killed call's request still wait).
     gate.open(3);
-    system.finished(&task_url).await
+    let status = system.finished(&task_url).await;
+    (database, system, status)
 }
 
 async fn a_retry_safe_call_continues_from_its_checkpoint(db: Db) {
-    let status = killed_after_the_first_checkpoint(db, true).await;
+    let (_database, system, status) = killed_after_the_first_checkpoint(db, true).await;
     assert_eq!(status["status"], "SUCCESS", "{status}");
     assert_eq!(
         status["log"],
@@ -435,10 +440,19 @@ async fn a_retry_safe_call_continues_from_its_checkpoint(db: Db) {
          part 1 done\n\
          part 2 done"
     );
+    // The output written after the checkpoint by the run that crashed is gone.
+    assert_eq!(
+        outputs(&system, &status).await,
+        [
+            ("part-0.txt".to_string(), "part 0 (attempt 1)".to_string()),
+            ("part-1.txt".to_string(), "part 1 (attempt 2)".to_string()),
+            ("part-2.txt".to_string(), "part 2 (attempt 2)".to_string()),
+        ]
+    );
 }
 
 async fn a_call_not_safe_to_retry_fails_with_the_reason(db: Db) {
-    let status = killed_after_the_first_checkpoint(db, false).await;
+    let (_database, _system, status) = killed_after_the_first_checkpoint(db, false).await;
     assert_eq!(status["status"], "FAILURE", "{status}");
     assert_eq!(
         status["log"],

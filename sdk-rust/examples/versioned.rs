@@ -2,9 +2,9 @@
 //! `PLUGIN_VERSION`): for running several versions side by side, and as a test
 //! fixture. It echoes its `text` input into its log; with `gate` (a URL) it first
 //! reads that URL, so a test decides when it goes on; with `step` it then waits
-//! for a step `confirm`. With `parts` it works through that many parts instead,
-//! reading `gate` before each and saving a checkpoint after each, so a run that
-//! crashed continues from the last one.
+//! for a step `confirm`. With `parts` it works through that many parts instead:
+//! each writes an output `part-N.txt`, reads `gate`, then saves a checkpoint, so
+//! a run that crashed continues from the last one.
 
 use corral_sdk::{Error, Field, Inputs, Metadata, Next, Plugin, PluginType, Step, Task};
 
@@ -73,6 +73,14 @@ impl Versioned {
             .await?;
         }
         for part in from..parts {
+            let text = format!("part {part} (attempt {})", task.attempt());
+            task.output_bytes(
+                &format!("part-{part}.txt"),
+                "text/plain",
+                "text/plain",
+                text,
+            )
+            .await?;
             if let Some(gate) = gate {
                 task.read_data(gate).await?;
             }
