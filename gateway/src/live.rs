@@ -60,6 +60,18 @@ impl LiveEvents {
             .subscribe()
     }
 
+    /// Drops the task's channel when no follower is left (a task that waits for
+    /// a step keeps none for followers that went away).
+    pub(crate) fn release(&self, task_id: &str) {
+        let mut channels = self.lock();
+        if channels
+            .get(task_id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            channels.remove(task_id);
+        }
+    }
+
     /// Drops the channel of a task that has already ended (a late follower made it).
     pub(crate) fn forget(&self, task_id: &str) {
         self.lock().remove(task_id);

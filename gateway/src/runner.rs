@@ -48,9 +48,9 @@ const MAX_RUNS: u32 = 2;
 const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// Longest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 64 * 1024;
-/// Past this many bytes of stored stream events, a runner stores and
-/// publishes no more `log` and `progress` events (steps, outputs and the
-/// status always go).
+/// Past this many bytes of a task's stored stream events, its calls store and
+/// publish no more `log` and `progress` events (steps, outputs and the status
+/// always go).
 const MAX_STREAM_BYTES: usize = 8 * 1024 * 1024;
 /// The longest a running task's events wait to be written together (they are
 /// published to event-stream followers at once). See `tasks.md`.
@@ -88,6 +88,9 @@ pub(crate) struct Job {
     pub(crate) counted: bool,
     /// A line for the log before the call runs (why it runs again).
     pub(crate) note: Option<&'static str>,
+    /// How much log and stream the task has already (their caps are the
+    /// task's, across its calls).
+    pub(crate) taken: (usize, usize),
 }
 
 impl Job {
@@ -108,6 +111,7 @@ impl Job {
             outputs: 0,
             counted: true,
             note: None,
+            taken: (0, 0),
         }
     }
 
@@ -136,6 +140,10 @@ impl Job {
             outputs: record.state_outputs,
             counted: true,
             note: None,
+            taken: (
+                usize::try_from(record.log_chars).unwrap_or(usize::MAX),
+                usize::try_from(record.event_chars).unwrap_or(usize::MAX),
+            ),
         })
     }
 }
@@ -339,7 +347,11 @@ impl Runner {
     }
 
     async fn run(&self, mut job: Job, cancel: &CancellationToken) -> Result<(), StoreError> {
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            logged: job.taken.0,
+            streamed: job.taken.1,
+            ..Pending::default()
+        };
         if let Some(note) = job.note {
             pending.log(note);
         }
@@ -910,9 +922,9 @@ pub(crate) struct Pending {
     events: Vec<EncodedEvent>,
     /// When the oldest of them arrived.
     since: Option<tokio::time::Instant>,
-    /// Characters of log taken by this runner; past [`MAX_LOG_CHARS`] lines are dropped.
+    /// Characters of the task's log; past [`MAX_LOG_CHARS`] lines are dropped.
     logged: usize,
-    /// Bytes of stream events taken by this runner (see [`MAX_STREAM_BYTES`]).
+    /// Bytes of the task's stored stream (see [`MAX_STREAM_BYTES`]).
     streamed: usize,
 }
 

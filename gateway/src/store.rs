@@ -11,8 +11,8 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
 };
 
-/// Past this many characters taken in one call, a task's log takes no more of
-/// that call's lines (the failure reason always goes in).
+/// Past this many characters a task's log takes no more lines (the reason of a
+/// failure always goes in).
 pub const MAX_LOG_CHARS: usize = 4 * 1024 * 1024;
 
 /// A task's lifecycle status, as the REST contract spells it.
@@ -177,6 +177,10 @@ pub struct CallRecord {
     /// The step's submitted values, as JSON.
     #[sqlx(default)]
     pub step_inputs: Option<String>,
+    /// How long the task's log is (its caps hold across calls).
+    pub log_chars: i64,
+    /// How long the task's stored event stream is.
+    pub event_chars: i64,
 }
 
 /// One more run of a task's call.
@@ -677,7 +681,8 @@ impl Store {
         }
         let mut call: CallRecord = sqlx::query_as(
             "UPDATE tasks SET attempts = 1, updated_at = $2 WHERE id = $1 \
-             RETURNING id, plugin, base_url, inputs, state, state_outputs",
+             RETURNING id, plugin, base_url, inputs, state, state_outputs, \
+             LENGTH(log) AS log_chars, LENGTH(events) AS event_chars",
         )
         .bind(id)
         .bind(now)
@@ -805,6 +810,7 @@ impl Store {
     pub async fn running_tasks(&self) -> Result<Vec<CallRecord>, StoreError> {
         let calls = sqlx::query_as(
             "SELECT t.id, t.plugin, t.base_url, t.inputs, t.state, t.state_outputs, \
+             LENGTH(t.log) AS log_chars, LENGTH(t.events) AS event_chars, \
              s.step_id, s.inputs AS step_inputs FROM tasks t \
              LEFT JOIN task_steps s ON s.task_id = t.id AND s.position = \
                (SELECT MAX(position) FROM task_steps l WHERE l.task_id = t.id) \

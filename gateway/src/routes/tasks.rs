@@ -179,9 +179,13 @@ pub(crate) async fn events(
         }
     };
     let follow = Follow {
+        receiver,
+        _release: Release {
+            live: live.clone(),
+            task_id: task_id.clone(),
+        },
         task_id,
         last_id,
-        receiver,
         store: state.store.clone(),
         shutdown: state.runner.shutdown.clone(),
     };
@@ -239,11 +243,26 @@ fn stored_events(lines: &[String], after: u64) -> (Vec<SseEvent>, u64) {
 /// A stream's live part: the task's broadcast after `last_id`, repaired from
 /// the database when this follower falls behind.
 struct Follow {
+    // Fields drop in this order: the receiver before the release counts them.
+    receiver: broadcast::Receiver<LiveEvent>,
+    _release: Release,
     task_id: String,
     last_id: u64,
-    receiver: broadcast::Receiver<LiveEvent>,
     store: Store,
     shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Releases a task's channel when its last follower goes (a task that waits
+/// for a step keeps none for followers that left).
+struct Release {
+    live: crate::live::LiveEvents,
+    task_id: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.live.release(&self.task_id);
+    }
 }
 
 fn event_stream(
