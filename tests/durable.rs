@@ -15,7 +15,10 @@ use std::{
 
 use common::{
     Gate, Supervisor,
-    serve::{Corral, Db, StreamEvent, TestDatabase, plugins, stream_events, task_id},
+    serve::{
+        Corral, Db, StreamEvent, TestDatabase, open_stream, plugins, read_events, stream_events,
+        task_id,
+    },
 };
 use corral_proto::supervisor::v1::{PluginRef, PluginState, admin_client::AdminClient};
 use serde_json::{Value, json};
@@ -602,6 +605,10 @@ async fn an_event_stream_resumes_after_its_last_event_id(db: Db) {
     let last_seen = seen.last().unwrap().id.unwrap();
     assert!(seen[0].name == "snapshot" && seen[0].id.is_some());
 
+    // A client with an id that is not one of ours resumes from the end.
+    let foreign = open_stream(&corral.client, &task_url, Some(99))
+        .await
+        .unwrap();
     let href = corral.get_json(&task_url).await.1["steps"][0]["href"]
         .as_str()
         .unwrap()
@@ -609,6 +616,12 @@ async fn an_event_stream_resumes_after_its_last_event_id(db: Db) {
     let (code, _, body) = corral.post_form(&href, &[("inputStr", "more")]).await;
     assert_eq!(code, 303, "{body}");
     corral.finished(&task_url).await;
+    let after_foreign = read_events(foreign, |event| event.name == "status").await;
+    let ids: Vec<u64> = after_foreign
+        .iter()
+        .map(|event| event.id.unwrap())
+        .collect();
+    assert_eq!(ids, [3, 4, 5, 6]);
 
     // It comes back with the id it had: exactly what it missed.
     let missed = stream_events(&corral.client, &task_url, Some(last_seen), |event| {

@@ -418,6 +418,17 @@ pub async fn stream_events(
     last_event_id: Option<u64>,
     until: impl Fn(&StreamEvent) -> bool,
 ) -> Option<Vec<StreamEvent>> {
+    let response = open_stream(client, task_url, last_event_id).await?;
+    Some(read_events(response, until).await)
+}
+
+/// Opens a task's event stream: once this returns, the gateway follows the
+/// task for this client. `None` when it answers 204.
+pub async fn open_stream(
+    client: &reqwest::Client,
+    task_url: &str,
+    last_event_id: Option<u64>,
+) -> Option<reqwest::Response> {
     let mut request = client.get(format!("{task_url}events"));
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id.to_string());
@@ -428,6 +439,14 @@ pub async fn stream_events(
     }
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Some(response)
+}
+
+/// Reads an open event stream until `until` matches an event.
+pub async fn read_events(
+    response: reqwest::Response,
+    until: impl Fn(&StreamEvent) -> bool,
+) -> Vec<StreamEvent> {
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut events = Vec::new();
@@ -457,7 +476,7 @@ pub async fn stream_events(
             let done = until(&event);
             events.push(event);
             if done {
-                return Some(events);
+                return events;
             }
         }
         let chunk = tokio::time::timeout_at(deadline, body.next())
