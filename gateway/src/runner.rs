@@ -959,12 +959,7 @@ impl Pending {
     }
 
     fn progress(&mut self, progress: Progress) {
-        let event = TaskEvent::Progress(views::Progress {
-            value: progress.value,
-            start: progress.start,
-            target: progress.target,
-            unit: progress.unit.clone(),
-        });
+        let event = TaskEvent::Progress(views::Progress::from(&progress));
         self.batch.progress = Some(progress);
         self.arrived(event);
     }

@@ -644,12 +644,8 @@ impl Store {
         .bind(form)
         .execute(&mut *transaction)
         .await?;
-        let noticed = insert_notices(id, notices, now)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
-        transaction.commit().await?;
-        self.committed_notices(noticed);
+        self.commit_with_notices(transaction, id, notices, now)
+            .await?;
         Ok(Some(row.try_get("event_count")?))
     }
 
@@ -688,12 +684,8 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *transaction)
         .await?;
-        let noticed = insert_notices(id, notices, now)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
-        transaction.commit().await?;
-        self.committed_notices(noticed);
+        self.commit_with_notices(transaction, id, notices, now)
+            .await?;
         call.step_id = Some(step_id.to_owned());
         call.step_inputs = Some(inputs.to_owned());
         Ok(Some(call))
@@ -795,12 +787,8 @@ impl Store {
         for output in &batch.outputs {
             insert_file(output).execute(&mut *transaction).await?;
         }
-        let noticed = insert_notices(id, notices, now)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
-        transaction.commit().await?;
-        self.committed_notices(noticed);
+        self.commit_with_notices(transaction, id, notices, now)
+            .await?;
         finished(row).map(Some)
     }
 
@@ -863,6 +851,24 @@ impl Store {
     /// Woken after each commit that wrote webhook notices.
     pub fn outbox(&self) -> Arc<tokio::sync::Notify> {
         self.outbox.clone()
+    }
+
+    /// Writes a change's notices in its transaction, commits, and wakes the
+    /// outbox if there were any.
+    async fn commit_with_notices(
+        &self,
+        mut transaction: sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        notices: Notices<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let noticed = insert_notices(id, notices, now)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        transaction.commit().await?;
+        self.committed_notices(noticed);
+        Ok(())
     }
 
     fn committed_notices(&self, count: u64) {

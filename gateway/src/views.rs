@@ -221,6 +221,17 @@ pub(crate) struct Progress {
     pub(crate) unit: String,
 }
 
+impl From<&crate::store::Progress> for Progress {
+    fn from(progress: &crate::store::Progress) -> Self {
+        Self {
+            value: progress.value,
+            start: progress.start,
+            target: progress.target,
+            unit: progress.unit.clone(),
+        }
+    }
+}
+
 /// A step of a multi-step task.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -350,12 +361,7 @@ pub(crate) fn task_status(task: &TaskRecord, base: &BaseUrl) -> TaskStatus {
             .progress
             .as_ref()
             .filter(|progress| progress.value != 0)
-            .map(|progress| Progress {
-                value: progress.value,
-                start: progress.start,
-                target: progress.target,
-                unit: progress.unit.clone(),
-            }),
+            .map(Progress::from),
         steps,
         outputs,
         links: vec![Link {
