@@ -45,6 +45,25 @@ enum Command {
     Gateway(GatewayArgs),
     /// Operate a running Corral: plugins, their logs, tasks.
     Ctl(ctl::CtlArgs),
+    /// Build the environment of every plugin that declares one (`environment =
+    /// "uv"`), as the supervisor does before it starts a plugin; unchanged ones
+    /// cost nothing. Fails when any build failed; the others are built anyway.
+    Envs(EnvsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnvsArgs {
+    /// Folders holding one plugin folder (with a plugin.toml) each; `:`-separated.
+    #[arg(
+        long,
+        env = "PLUGIN_FOLDERS",
+        value_delimiter = ':',
+        default_value = "./plugins"
+    )]
+    plugin_folders: Vec<PathBuf>,
+    /// Print the installer's output.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,7 +224,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    let default_level = if matches!(cli.command, Command::Ctl(_)) {
+    let default_level = if matches!(cli.command, Command::Ctl(_) | Command::Envs(_)) {
         "warn"
     } else {
         "info"
@@ -238,6 +257,52 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gateway(args) => gateway(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Ctl(args) => ctl::run(args).await,
+        Command::Envs(args) => envs(args).await,
+    }
+}
+
+async fn envs(args: EnvsArgs) -> anyhow::Result<()> {
+    use corral_supervisor::environment::{self, EnvironmentKind, Prepared};
+    let discovered = corral_supervisor::manifest::discover(&args.plugin_folders)
+        .context("failed to read the plugin folders")?;
+    let mut failed = Vec::new();
+    for plugin in discovered {
+        let Ok(manifest) = &plugin.manifest else {
+            continue;
+        };
+        if manifest.environment == EnvironmentKind::None {
+            continue;
+        }
+        let mut output = Vec::new();
+        let result = environment::prepare(&plugin.folder, manifest.environment_timeout, |line| {
+            if args.verbose {
+                println!("  {line}");
+            } else {
+                output.push(line);
+            }
+        })
+        .await;
+        match result {
+            Ok(Prepared::UpToDate) => println!("{}: up to date", plugin.name),
+            Ok(Prepared::Built(took)) => {
+                println!("{}: built in {:.1} s", plugin.name, took.as_secs_f64());
+            }
+            Err(reason) => {
+                for line in output.iter().rev().take(20).rev() {
+                    println!("  {line}");
+                }
+                println!("{}: FAILED: {reason}", plugin.name);
+                failed.push(plugin.name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the environment of {} could not be built",
+            failed.join(", ")
+        )
     }
 }
 

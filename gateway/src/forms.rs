@@ -105,7 +105,13 @@ fn check(kind: FieldKind, field: &FormField, value: &str) -> Result<String, Stri
                 _ => Err("Not a valid URL.".into()),
             }
         }
-        FieldKind::Text | FieldKind::Textarea | FieldKind::Unspecified => Ok(value.to_owned()),
+        FieldKind::Plugin => match url::Url::parse(value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(value.to_owned()),
+            _ => Err("Not a valid URL.".into()),
+        },
+        FieldKind::Text | FieldKind::Textarea | FieldKind::Secret | FieldKind::Unspecified => {
+            Ok(value.to_owned())
+        }
     }
 }
 

@@ -25,6 +25,43 @@ pub(crate) struct Page<'a> {
     pub submit_url: &'a str,
     /// An HTML fragment the plugin rendered (a visualization's data).
     pub preview: Option<&'a str>,
+    /// The plugins a PLUGIN field may name, offered as suggestions.
+    pub plugins: &'a [PluginChoice],
+}
+
+/// A plugin a PLUGIN field can point at.
+#[derive(Debug)]
+pub(crate) struct PluginChoice {
+    /// The plugin's metadata URL, the value the field takes.
+    pub url: String,
+    pub name: String,
+    pub title: String,
+    pub tags: Vec<String>,
+}
+
+impl PluginChoice {
+    /// Whether `field` accepts this plugin: its name (when the field names one)
+    /// and its tags (`!tag`: must not carry it).
+    fn matches(&self, field: &FormField) -> bool {
+        field
+            .plugin_name
+            .as_ref()
+            .is_none_or(|name| *name == self.name)
+            && field
+                .plugin_tags
+                .iter()
+                .all(|tag| match tag.strip_prefix('!') {
+                    Some(absent) => !self.tags.iter().any(|own| own == absent),
+                    None => self.tags.iter().any(|own| own == tag),
+                })
+    }
+}
+
+/// Whether a form has a PLUGIN field (and so needs the plugins to choose from).
+pub(crate) fn names_plugins(fields: &[FormField]) -> bool {
+    fields
+        .iter()
+        .any(|field| field.kind == FieldKind::Plugin as i32)
 }
 
 /// Renders a complete micro-frontend page.
@@ -56,19 +93,15 @@ pub(crate) fn render(page: &Page<'_>) -> String {
         escape(page.submit_url)
     );
     for field in page.fields {
-        render_field(&mut html, field, page.values, page.errors);
+        render_field(&mut html, field, page);
     }
     html.push_str("<button type=\"submit\">Submit</button></form></main>");
     let _ = write!(html, "<script>{SCRIPT}</script></body></html>");
     html
 }
 
-fn render_field(
-    html: &mut String,
-    field: &FormField,
-    values: &BTreeMap<String, String>,
-    errors: &FieldErrors,
-) {
+fn render_field(html: &mut String, field: &FormField, page: &Page<'_>) {
+    let (values, errors) = (page.values, page.errors);
     let kind = FieldKind::try_from(field.kind).unwrap_or(FieldKind::Text);
     let name = escape(&field.field);
     let label = if field.label.is_empty() {
@@ -151,6 +184,32 @@ fn render_field(
                 "<input type=\"number\" step=\"{step}\" id=\"{name}\" name=\"{name}\" value=\"{value}\"{required}>"
             );
         }
+        FieldKind::Secret => {
+            // Never shown back, not even after a validation error.
+            let _ = write!(
+                html,
+                "<input type=\"password\" id=\"{name}\" name=\"{name}\" autocomplete=\"off\"{required}>"
+            );
+        }
+        FieldKind::Plugin => {
+            let _ = write!(
+                html,
+                "<input type=\"url\" id=\"{name}\" name=\"{name}\" value=\"{value}\" \
+                 list=\"{name}-plugins\"{required} data-input-type=\"plugin\" \
+                 data-plugin-name=\"{}\" data-plugin-tags=\"{}\"><datalist id=\"{name}-plugins\">",
+                escape(field.plugin_name.as_deref().unwrap_or_default()),
+                escape(&field.plugin_tags.join(" "))
+            );
+            for plugin in page.plugins.iter().filter(|plugin| plugin.matches(field)) {
+                let _ = write!(
+                    html,
+                    "<option value=\"{}\">{}</option>",
+                    escape(&plugin.url),
+                    escape(&plugin.title)
+                );
+            }
+            html.push_str("</datalist>");
+        }
         FieldKind::Text | FieldKind::Unspecified => {
             let _ = write!(
                 html,
@@ -195,6 +254,7 @@ pub(crate) fn encode_form(fields: &[FormField]) -> String {
                     .map(|choice| json!({"value": choice.value, "label": choice.label}))
                     .collect::<Vec<_>>(),
                 "dataType": field.data_type, "dataContentTypes": field.data_content_types,
+                "pluginName": field.plugin_name, "pluginTags": field.plugin_tags,
             })
         })
         .collect();
@@ -207,6 +267,17 @@ pub(crate) fn decode_form(json: &str) -> Vec<FormField> {
         return Vec::new();
     };
     let text = |field: &Value, key: &str| field[key].as_str().unwrap_or_default().to_owned();
+    let texts = |field: &Value, key: &str| -> Vec<String> {
+        field[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| item.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     fields
         .iter()
         .map(|field| FormField {
@@ -232,15 +303,9 @@ pub(crate) fn decode_form(json: &str) -> Vec<FormField> {
                 })
                 .unwrap_or_default(),
             data_type: text(field, "dataType"),
-            data_content_types: field["dataContentTypes"]
-                .as_array()
-                .map(|types| {
-                    types
-                        .iter()
-                        .filter_map(|content_type| content_type.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            data_content_types: texts(field, "dataContentTypes"),
+            plugin_name: field["pluginName"].as_str().map(str::to_owned),
+            plugin_tags: texts(field, "pluginTags"),
         })
         .collect()
 }
@@ -248,7 +313,7 @@ pub(crate) fn decode_form(json: &str) -> Vec<FormField> {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#1d1d1f}\
 main{max-width:48rem}h1{font-size:1.4rem;margin:0 0 .5rem}.description{color:#555}\
 .field{display:flex;flex-direction:column;margin:0 0 1rem}label{font-weight:600;margin-bottom:.25rem}\
-input[type=text],input[type=number],textarea,select{padding:.4rem;border:1px solid #bbb;border-radius:4px;font:inherit}\
+input[type=text],input[type=number],input[type=password],input[type=url],textarea,select{padding:.4rem;border:1px solid #bbb;border-radius:4px;font:inherit}\
 textarea{min-height:6rem}small{color:#666}.invalid input,.invalid textarea,.invalid select{border-color:#c00}\
 .error{color:#c00;margin:.25rem 0 0}button{padding:.5rem 1.2rem;font:inherit;cursor:pointer}\
 .preview{overflow:auto;margin:0 0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}";
@@ -330,6 +395,7 @@ mod tests {
             errors: &errors,
             submit_url: "/plugins/demo@v1/process/",
             preview: None,
+            plugins: &[],
         });
         assert!(html.contains("value=\"&lt;b&gt;&quot;x&quot;\""), "{html}");
         assert!(html.contains(

@@ -81,3 +81,39 @@ pub fn reflection_services(
 
 /// The error of [`reflection_services`].
 pub use tonic_reflection::server::Error as ReflectionError;
+
+/// Every descriptor an SDK needs to serve a plugin without generated code: the
+/// Corral packages, `grpc.health.v1` and both reflection versions, as one
+/// encoded `FileDescriptorSet` (sets concatenate: `file` is a repeated field).
+/// The Python SDK carries a copy (`sdk-python/src/corral_plugin/descriptors.binpb`),
+/// kept equal to this by a test.
+pub fn sdk_descriptor_set() -> Vec<u8> {
+    [
+        FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .concat()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The Python SDK's copy of the descriptors matches the `.proto` files. Run
+    /// with `CORRAL_BLESS=1` to write it after changing them.
+    #[test]
+    fn the_python_sdk_carries_the_current_descriptors() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../sdk-python/src/corral_plugin/descriptors.binpb");
+        let current = super::sdk_descriptor_set();
+        if std::env::var_os("CORRAL_BLESS").is_some() {
+            std::fs::write(&path, &current).expect("write the descriptors");
+        }
+        let carried = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            carried == current,
+            "{} is not current: run `CORRAL_BLESS=1 cargo test -p corral-proto`",
+            path.display()
+        );
+    }
+}

@@ -193,6 +193,26 @@ impl Field {
         this
     }
 
+    /// A value the user keeps to themselves (a password, an API token): the
+    /// gateway never shows it back in a form, a log or an API answer.
+    pub fn secret(field: impl Into<String>, label: impl Into<String>) -> Self {
+        Self::new(field, label, pb::FieldKind::Secret)
+    }
+
+    /// The URL of another plugin, among those named `name` (when given) that
+    /// carry every one of `tags` (`"!tag"`: does not carry it).
+    pub fn plugin<T: Into<String>>(
+        field: impl Into<String>,
+        label: impl Into<String>,
+        name: Option<&str>,
+        tags: impl IntoIterator<Item = T>,
+    ) -> Self {
+        let mut this = Self::new(field, label, pb::FieldKind::Plugin);
+        this.inner.plugin_name = name.map(str::to_owned);
+        this.inner.plugin_tags = tags.into_iter().map(Into::into).collect();
+        this
+    }
+
     /// The field must have a value.
     pub fn required(mut self) -> Self {
         self.inner.required = true;

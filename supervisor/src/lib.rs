@@ -9,6 +9,7 @@
 
 mod backoff;
 mod convert;
+pub mod environment;
 mod error;
 mod lifecycle;
 mod logs;

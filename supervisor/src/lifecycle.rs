@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use crate::{
     backoff::{RestartDecision, RestartTracker},
+    environment::{self, EnvironmentKind, Prepared},
     error::SupervisorError,
     logs::{self, LogBuffer, LogStream},
     manifest::{MANIFEST_FILE, Manifest, RestartPolicy},
@@ -70,6 +71,11 @@ enum Event {
     },
     Unhealthy {
         generation: u64,
+    },
+    /// The environment build for this start ended.
+    Prepared {
+        generation: u64,
+        result: Result<(), String>,
     },
 }
 
@@ -128,6 +134,11 @@ enum AfterStop {
 #[derive(Debug)]
 enum Phase {
     Stopped,
+    /// Building the plugin's environment before its process is spawned.
+    Preparing {
+        generation: u64,
+        build: AbortHandle,
+    },
     Starting {
         process: Process,
         deadline: Instant,
@@ -296,7 +307,7 @@ impl PluginTask {
             Phase::Ready { next_check, .. } => Some(*next_check),
             Phase::Backoff { until } => Some(*until),
             Phase::Stopping { kill_at, .. } => *kill_at,
-            Phase::Stopped | Phase::Failed | Phase::Exited => None,
+            Phase::Stopped | Phase::Preparing { .. } | Phase::Failed | Phase::Exited => None,
         }
     }
 
@@ -316,6 +327,12 @@ impl PluginTask {
                 let _ = reply.send(result);
             }
             Command::Restart(reply) => match &self.phase {
+                Phase::Preparing { .. } => {
+                    self.cancel_preparing();
+                    let result = self.operator_start();
+                    self.publish();
+                    let _ = reply.send(result);
+                }
                 Phase::Starting { .. } | Phase::Ready { .. } => {
                     self.tracker.clear();
                     self.begin_stop(AfterStop::Restart);
@@ -338,6 +355,7 @@ impl PluginTask {
                     }
                     Phase::Stopping { .. } => self.set_after_stop(AfterStop::Stay),
                     Phase::Backoff { .. } | Phase::Exited => self.phase = Phase::Stopped,
+                    Phase::Preparing { .. } => self.cancel_preparing(),
                     Phase::Stopped | Phase::Failed => {}
                 }
                 if matches!(self.phase, Phase::Stopping { .. }) {
@@ -373,7 +391,7 @@ impl PluginTask {
             return Err(SupervisorError::ShuttingDown);
         }
         match &self.phase {
-            Phase::Starting { .. } | Phase::Ready { .. } => return Ok(()),
+            Phase::Preparing { .. } | Phase::Starting { .. } | Phase::Ready { .. } => return Ok(()),
             Phase::Stopping { .. } => {
                 self.set_after_stop(AfterStop::Restart);
                 return Ok(());
@@ -502,6 +520,35 @@ impl PluginTask {
             Event::Unhealthy { generation } => {
                 self.on_health(generation, false);
                 false
+            }
+            Event::Prepared { generation, result } => {
+                self.on_prepared(generation, result);
+                false
+            }
+        }
+    }
+
+    /// Stops building the environment; the plugin is stopped.
+    fn cancel_preparing(&mut self) {
+        if let Phase::Preparing { build, .. } = &self.phase {
+            // Dropping the build kills the installer.
+            build.abort();
+            self.phase = Phase::Stopped;
+        }
+    }
+
+    fn on_prepared(&mut self, generation: u64, result: Result<(), String>) {
+        if !matches!(self.phase, Phase::Preparing { generation: current, .. } if current == generation)
+        {
+            return;
+        }
+        match result {
+            Ok(()) => self.spawn_process(),
+            Err(reason) => {
+                let error = format!("environment build failed: {reason}");
+                tracing::error!(plugin = %self.name, %error, "plugin failed");
+                self.error = Some(error);
+                self.phase = Phase::Failed;
             }
         }
     }
@@ -689,7 +736,7 @@ impl PluginTask {
             }
             Phase::Backoff { .. } => self.start_process(),
             Phase::Stopping { .. } => self.kill_now(),
-            Phase::Stopped | Phase::Failed | Phase::Exited => {}
+            Phase::Stopped | Phase::Preparing { .. } | Phase::Failed | Phase::Exited => {}
         }
     }
 
@@ -707,6 +754,7 @@ impl PluginTask {
                 false
             }
             _ => {
+                self.cancel_preparing();
                 self.phase = Phase::Stopped;
                 true
             }
@@ -754,8 +802,62 @@ impl PluginTask {
         }
     }
 
-    /// Spawns a new process. A failure to spawn counts as a crash.
+    /// Starts the plugin: builds its environment first when its manifest asks
+    /// for one (a no-op when the environment matches its lock), then spawns it.
     fn start_process(&mut self) {
+        let Ok(manifest) = &self.manifest else {
+            self.phase = Phase::Failed;
+            return;
+        };
+        if manifest.environment == EnvironmentKind::None {
+            self.spawn_process();
+            return;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let folder = self.folder.clone();
+        let timeout = manifest.environment_timeout;
+        let logs = self.logs.clone();
+        let events = self.events.clone();
+        let span = tracing::info_span!("environment", plugin = %self.name);
+        let build = tokio::spawn(
+            async move {
+                let note = |text: String| {
+                    logs.push(logs::LogLine {
+                        stream: LogStream::Supervisor,
+                        text: text.into(),
+                        at: std::time::SystemTime::now(),
+                        pid: 0,
+                    });
+                };
+                let result = match environment::prepare(&folder, timeout, |line| {
+                    tracing::info!(target: "corral::plugin", "{line}");
+                    note(line);
+                })
+                .await
+                {
+                    Ok(Prepared::UpToDate) => Ok(()),
+                    Ok(Prepared::Built(took)) => {
+                        note(format!("environment built in {:.1} s", took.as_secs_f64()));
+                        Ok(())
+                    }
+                    Err(reason) => {
+                        note(format!("environment build failed: {reason}"));
+                        Err(reason)
+                    }
+                };
+                let _ = events.send(Event::Prepared { generation, result }).await;
+            }
+            .instrument(span),
+        );
+        self.phase = Phase::Preparing {
+            generation,
+            build: build.abort_handle(),
+        };
+    }
+
+    /// Spawns a new process. A failure to spawn counts as a crash.
+    fn spawn_process(&mut self) {
         let Ok(manifest) = &self.manifest else {
             self.phase = Phase::Failed;
             return;
@@ -881,7 +983,7 @@ impl PluginTask {
             manifest_path: self.folder.join(MANIFEST_FILE),
             state: match &self.phase {
                 Phase::Stopped => PluginState::Stopped,
-                Phase::Starting { .. } => PluginState::Starting,
+                Phase::Preparing { .. } | Phase::Starting { .. } => PluginState::Starting,
                 Phase::Ready { .. } => PluginState::Ready,
                 Phase::Backoff { .. } => PluginState::Backoff,
                 Phase::Stopping { .. } => PluginState::Stopping,

@@ -11,6 +11,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::environment::EnvironmentKind;
+
 /// The longest duration a manifest may give (so deadlines never overflow).
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -61,6 +63,17 @@ pub struct Manifest {
     /// Resource limits (rlimits) set in the child before it runs.
     #[serde(default)]
     pub limits: Limits,
+    /// Who makes the plugin's environment: `"uv"` builds `.venv` from the
+    /// folder's `pyproject.toml` and `uv.lock` before the plugin starts.
+    #[serde(default)]
+    pub environment: EnvironmentKind,
+    /// Deadline of one environment build (not counted in `start_timeout`).
+    #[serde(default = "default_environment_timeout", with = "humantime_serde")]
+    pub environment_timeout: Duration,
+}
+
+fn default_environment_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// When a plugin that ended is started again.
@@ -260,6 +273,7 @@ impl Manifest {
         }
         let durations = [
             ("start_timeout", self.start_timeout),
+            ("environment_timeout", self.environment_timeout),
             ("stop_grace", self.stop_grace),
             ("restart.backoff_initial", self.restart.backoff_initial),
             ("restart.backoff_max", self.restart.backoff_max),

@@ -72,14 +72,28 @@ pub fn reference_plugins() -> PathBuf {
     ] {
         built(plugin);
     }
-    let python = repo().join("plugins/csv-visualization/.venv/bin/python");
-    assert!(
-        python.is_file(),
-        "the Python plugin's runtime is missing: run \
-         `python3 -m venv plugins/csv-visualization/.venv && \
-         plugins/csv-visualization/.venv/bin/pip install -r plugins/csv-visualization/requirements.txt`"
-    );
+    python_environments();
     repo().join("plugins")
+}
+
+/// Builds the Python plugins' environments (a no-op when they match their
+/// locks), so no test's supervisor spends its start timeout on one.
+pub fn python_environments() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["envs", "--plugin-folders"])
+            .arg(repo().join("plugins"))
+            .output()
+            .expect("run corral envs");
+        assert!(
+            output.status.success(),
+            "`corral envs` failed (uv must be on PATH: scripts/python-deps installs it \
+             into .tools/bin):\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
 }
 
 /// A folder of plugin folders made for one test.

@@ -90,7 +90,9 @@ pub(crate) async fn ui_get(
     base: BaseUrl,
 ) -> Result<Html<String>, ApiError> {
     let live = ready(&state, &plugin)?;
-    Ok(Html(page(&live, &query, &FieldErrors::new(), &base).await))
+    Ok(Html(
+        page(&state, &live, &query, &FieldErrors::new(), &base).await,
+    ))
 }
 
 /// `POST /plugins/<identifier>/ui/`: the form again, from the posted values,
@@ -109,10 +111,36 @@ pub(crate) async fn ui_post(
     let errors = forms::validate(&live.metadata.inputs, &submitted.values)
         .err()
         .unwrap_or_default();
-    Ok(Html(page(&live, &submitted.values, &errors, &base).await))
+    Ok(Html(
+        page(&state, &live, &submitted.values, &errors, &base).await,
+    ))
+}
+
+/// The ready plugins a form's PLUGIN fields may name (none when it has none).
+pub(crate) fn plugin_choices(
+    state: &AppState,
+    fields: &[corral_proto::plugin::v1::FormField],
+    base: &BaseUrl,
+) -> Vec<ui::PluginChoice> {
+    if !ui::names_plugins(fields) {
+        return Vec::new();
+    }
+    state
+        .directory
+        .snapshot()
+        .sorted()
+        .into_iter()
+        .map(|plugin| ui::PluginChoice {
+            url: base.absolute(&format!("/plugins/{}/", plugin.identifier)),
+            name: plugin.metadata.name.clone(),
+            title: format!("{} ({})", plugin.metadata.title, plugin.metadata.version),
+            tags: plugin.metadata.tags.clone(),
+        })
+        .collect()
 }
 
 async fn page(
+    state: &AppState,
     live: &LivePlugin,
     values: &BTreeMap<String, String>,
     errors: &FieldErrors,
@@ -142,6 +170,7 @@ async fn page(
         errors,
         submit_url: &base.path(&format!("/plugins/{}/process/", live.identifier)),
         preview: preview.as_deref(),
+        plugins: &plugin_choices(state, &live.metadata.inputs, base),
     })
 }
 

@@ -422,6 +422,7 @@ pub(crate) async fn step(
                 errors: &errors,
                 submit_url: &submit_url,
                 preview: None,
+                plugins: &super::plugins::plugin_choices(&state, &fields, &base),
             });
             Ok(Html(page).into_response())
         }
