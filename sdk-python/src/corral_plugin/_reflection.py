@@ -61,7 +61,9 @@ def reflection_handlers(services: Sequence[str]) -> list[Any]:
                 response.error_response.error_message = f"not found: {error}"
             return response
 
-        async def info(requests: AsyncIterator[Any], context: Any, answer: Any = answer) -> AsyncIterator[Any]:
+        async def info(
+            requests: AsyncIterator[Any], context: Any, answer: Any = answer
+        ) -> AsyncIterator[Any]:
             async for request in requests:
                 yield answer(request)
 

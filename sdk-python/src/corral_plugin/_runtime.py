@@ -9,6 +9,7 @@ or a step's new call (grpc's sync server pins a pool thread per open stream).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -31,7 +32,10 @@ from .plugin import Plugin
 
 PLUGIN_SERVICE = "corral.plugin.v1.Plugin"
 HEALTH_SERVICE = "grpc.health.v1.Health"
-REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
+REFLECTION_SERVICES = (
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
 STOP_GRACE = 3.0
 """Seconds open calls get to end after SIGTERM (within the supervisor's grace)."""
 
@@ -157,9 +161,7 @@ class Runtime:
                     step_id=outcome.step_id, inputs=fields, state=encode_state(outcome.state)
                 )
             )
-        raise TaskError(
-            f"the task returned {type(outcome).__name__}; return None or ctx.step(...)"
-        )
+        raise TaskError(f"the task returned {type(outcome).__name__}; return None or ctx.step(...)")
 
     async def render(self, request: Any, context: Any) -> Any:
         handler = self.plugin.render_handler
@@ -205,20 +207,24 @@ class Runtime:
 
         def unary(fn: Any, request: Any, response: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=request.FromString,
+                fn,
+                request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )
 
         def stream(fn: Any, request: Any, response: Any) -> Any:
             return grpc.unary_stream_rpc_method_handler(
-                fn, request_deserializer=request.FromString,
+                fn,
+                request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )
 
         plugin = grpc.method_handlers_generic_handler(
             PLUGIN_SERVICE,
             {
-                "GetMetadata": unary(self.get_metadata, _proto.GetMetadataRequest, _proto.PluginMetadata),
+                "GetMetadata": unary(
+                    self.get_metadata, _proto.GetMetadataRequest, _proto.PluginMetadata
+                ),
                 "Invoke": stream(self.invoke, _proto.InvokeRequest, _proto.InvokeEvent),
                 "Render": unary(self.render, _proto.RenderRequest, _proto.RenderResponse),
             },
@@ -226,8 +232,12 @@ class Runtime:
         health = grpc.method_handlers_generic_handler(
             HEALTH_SERVICE,
             {
-                "Check": unary(self.health_check, _proto.HealthCheckRequest, _proto.HealthCheckResponse),
-                "Watch": stream(self.health_watch, _proto.HealthCheckRequest, _proto.HealthCheckResponse),
+                "Check": unary(
+                    self.health_check, _proto.HealthCheckRequest, _proto.HealthCheckResponse
+                ),
+                "Watch": stream(
+                    self.health_watch, _proto.HealthCheckRequest, _proto.HealthCheckResponse
+                ),
             },
         )
         services = (PLUGIN_SERVICE, HEALTH_SERVICE, *REFLECTION_SERVICES)
@@ -265,10 +275,8 @@ class _TaskLogHandler(logging.Handler):
         ctx = CURRENT.get()
         if ctx is None:
             return
-        try:
+        with contextlib.suppress(Cancelled):
             ctx.log(self.format(record))
-        except Cancelled:
-            pass
 
 
 def install_task_logging() -> None:
@@ -320,7 +328,8 @@ async def serve(plugin: Plugin) -> int:
             await _register(runtime, registry, address)
         except grpc.aio.AioRpcError as error:
             print(
-                f"{plugin.identifier}: registration refused: {error.code().name}: {error.details()}",
+                f"{plugin.identifier}: registration refused: "
+                f"{error.code().name}: {error.details()}",
                 file=sys.stderr,
                 flush=True,
             )

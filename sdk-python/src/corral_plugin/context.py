@@ -144,7 +144,9 @@ class Context:
     def checkpoint(self, state: Any) -> None:
         """A state to continue from should this call run again after a crash
         (plugins whose manifest says ``retry_safe``). JSON, at most 1 MiB."""
-        self._channel.send(_proto.InvokeEvent(checkpoint=_proto.Checkpoint(state=encode_state(state))))
+        self._channel.send(
+            _proto.InvokeEvent(checkpoint=_proto.Checkpoint(state=encode_state(state)))
+        )
 
     def step(
         self,
@@ -190,7 +192,9 @@ class Context:
                 _copy(data, writer)
 
     @contextmanager
-    def open_output(self, name: str, *, data_type: str, content_type: str) -> Iterator[OutputWriter]:
+    def open_output(
+        self, name: str, *, data_type: str, content_type: str
+    ) -> Iterator[OutputWriter]:
         """A writer for the output file ``name``; it ends when the block ends."""
         self._channel.send(
             _proto.InvokeEvent(

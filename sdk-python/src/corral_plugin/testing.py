@@ -175,7 +175,9 @@ class PluginHarness:
             **call,
         )
 
-    def stream(self, request: Any, *, timeout: float = 120, cancel_after: int | None = None) -> TaskRun:
+    def stream(
+        self, request: Any, *, timeout: float = 120, cancel_after: int | None = None
+    ) -> TaskRun:
         """Runs ``request``; with ``cancel_after``, cancels after that many events."""
         run = TaskRun(status="CANCELLED", request=request)
         current: Output | None = None
