@@ -164,7 +164,8 @@ def test_the_schema_loads_with_its_validators_and_post_load(
     refused = h.run({**values, "nRows": "0", "shape": "cubes"})
     assert refused.status == "FAILURE"
     assert refused.error == (
-        "invalid inputs: nRows: Must be greater than or equal to 1 and less than or equal to 1000.; "
+        "invalid inputs: nRows: Must be greater than or equal to 1 and less than or equal to 1000."
+        "; "
         "shape: Not a valid choice."
     )
 
