@@ -1,0 +1,1 @@
+"""Dataset generation of the data-creator plugin."""
