@@ -43,14 +43,12 @@ async fn the_supervisor_builds_a_python_plugins_environment_once_then_starts_it(
         .await;
     assert!(
         lines[0].starts_with("building the environment: ")
-            && lines.iter().any(|line| line.starts_with("environment built in ")),
+            && lines
+                .iter()
+                .any(|line| line.starts_with("environment built in ")),
         "{lines:#?}"
     );
-    assert!(
-        plugins
-            .join("csv-visualization/.venv/bin/python")
-            .is_file()
-    );
+    assert!(plugins.join("csv-visualization/.venv/bin/python").is_file());
 
     // A restart finds the environment matching its lock: nothing is installed.
     let mut admin = supervisor.admin().await;
@@ -83,7 +81,11 @@ async fn a_failed_install_fails_only_its_plugin_with_the_installers_error() {
         "[project]\nname = \"broken\"\nversion = \"0.1.0\"\nrequires-python = \">=3.10\"\n",
     )
     .unwrap();
-    std::fs::write(folders.path().join("broken/uv.lock"), "this is not a lock\n").unwrap();
+    std::fs::write(
+        folders.path().join("broken/uv.lock"),
+        "this is not a lock\n",
+    )
+    .unwrap();
     folders.add("unlocked", PYTHON_MANIFEST);
     std::fs::write(
         folders.path().join("unlocked/pyproject.toml"),
@@ -108,7 +110,9 @@ async fn a_failed_install_fails_only_its_plugin_with_the_installers_error() {
     );
     assert_eq!(broken.pid, 0, "nothing was spawned");
     let lines = supervisor
-        .log_lines_until("broken", |line| line.starts_with("environment build failed"))
+        .log_lines_until("broken", |line| {
+            line.starts_with("environment build failed")
+        })
         .await;
     assert!(
         lines.iter().any(|line| line.contains("uv.lock")),
@@ -121,7 +125,9 @@ async fn a_failed_install_fails_only_its_plugin_with_the_installers_error() {
         })
         .await;
     assert!(
-        unlocked.error.contains("uv.lock is missing: run `uv lock` in"),
+        unlocked
+            .error
+            .contains("uv.lock is missing: run `uv lock` in"),
         "{}",
         unlocked.error
     );

@@ -138,6 +138,33 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_reference_must_be_an_http_url_and_a_secret_is_any_text() {
+        let fields = [
+            field("executor", FieldKind::Plugin, true),
+            field("token", FieldKind::Secret, true),
+        ];
+        let submitted = BTreeMap::from([
+            (
+                "executor".to_string(),
+                "file://localhost/etc/passwd".to_string(),
+            ),
+            ("token".to_string(), " any text ".to_string()),
+        ]);
+        let errors = validate(&fields, &submitted).unwrap_err();
+        assert_eq!(errors["executor"], vec!["Not a valid URL.".to_string()]);
+        assert!(!errors.contains_key("token"));
+        let submitted = BTreeMap::from([
+            (
+                "executor".to_string(),
+                "https://corral.example/plugins/sim@v1/".to_string(),
+            ),
+            ("token".to_string(), " any text ".to_string()),
+        ]);
+        let values = validate(&fields, &submitted).unwrap();
+        assert_eq!(values["token"], " any text ");
+    }
+
+    #[test]
     fn required_fields_and_kinds_are_checked() {
         let mut choice = field("mode", FieldKind::Choice, false);
         choice.choices = vec![

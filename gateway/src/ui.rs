@@ -376,6 +376,45 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_is_never_shown_back_and_a_plugin_field_offers_the_matching_plugins() {
+        let mut executor = field("executor", FieldKind::Plugin);
+        executor.plugin_tags = vec!["circuit-executor".into(), "!deprecated".into()];
+        let fields = [field("token", FieldKind::Secret), executor];
+        let values = BTreeMap::from([("token".to_string(), "s3cr3t".to_string())]);
+        let plugin = |name: &str, tags: &[&str]| PluginChoice {
+            url: format!("http://corral/plugins/{name}@v1/"),
+            name: name.into(),
+            title: name.into(),
+            tags: tags.iter().map(|tag| tag.to_string()).collect(),
+        };
+        let plugins = [
+            plugin("qiskit-simulator", &["circuit-executor", "qasm-2"]),
+            plugin("old-simulator", &["circuit-executor", "deprecated"]),
+            plugin("hello-world", &[]),
+        ];
+        let html = render(&Page {
+            title: "Demo",
+            description: "",
+            fields: &fields,
+            values: &values,
+            errors: &FieldErrors::new(),
+            submit_url: "/plugins/demo@v1/process/",
+            preview: None,
+            plugins: &plugins,
+        });
+        assert!(!html.contains("s3cr3t"), "{html}");
+        assert!(html.contains(
+            "<input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"off\">"
+        ));
+        assert!(html.contains("data-input-type=\"plugin\" data-plugin-name=\"\" data-plugin-tags=\"circuit-executor !deprecated\""));
+        assert!(html.contains("<option value=\"http://corral/plugins/qiskit-simulator@v1/\">"));
+        assert!(
+            !html.contains("old-simulator") && !html.contains("hello-world"),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn forms_escape_values_and_mark_data_inputs() {
         let mut data = field("data", FieldKind::Data);
         data.data_type = "entity/list".into();

@@ -7,6 +7,7 @@ seeded state (``np.random.seed``) gives the same datasets every time.
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,6 +15,7 @@ from sklearn.datasets import make_blobs
 
 Points = NDArray[np.float64]
 Labels = NDArray[np.int_]
+T = TypeVar("T")
 Split = tuple[list[list[float]], list[int], list[list[float]], list[int]]
 
 
@@ -73,13 +75,15 @@ def create_dataset(
         points, labels = blobs(size, _given(centers, 4))
     elif dataset_type is DataTypeEnum.checkerboard_3d:
         points, labels = checkerboard(size, dims=3)
-    else:
+    elif dataset_type is DataTypeEnum.blobs_3d:
         points, labels = blobs(size, _given(centers, 4), dims=3)
+    else:
+        raise NotImplementedError(dataset_type)
     order = np.arange(len(points))
     np.random.shuffle(order)
     train, test = order[:num_train_points], order[num_train_points:]
     return points[train].tolist(), labels[train].tolist(), points[test].tolist(), labels[test].tolist()
 
 
-def _given(value: float | None, default: float) -> float:
+def _given(value: T | None, default: T) -> T:
     return default if value is None else value
