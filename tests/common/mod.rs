@@ -61,8 +61,46 @@ pub fn built(relative: &str) -> PathBuf {
     path
 }
 
-/// The reference plugins folder, checked to be runnable.
+/// The plugins most tests run (every Rust reference plugin and
+/// csv-visualization), as a folder of links into `plugins/`, checked to be
+/// runnable. The other Python plugins have tests of their own
+/// (`tests/python_plugins.rs`).
 pub fn reference_plugins() -> PathBuf {
+    plugin_selection(
+        "reference",
+        &[
+            "hello-world",
+            "hello-world-multi-step",
+            "file-upload",
+            "json-visualization",
+            "manual-classification",
+            "csv-visualization",
+        ],
+    )
+}
+
+/// A plugins folder holding links to the repository's plugin folders `names`
+/// (under the tests' temp dir, shared by every test that asks for it).
+pub fn plugin_selection(name: &str, names: &[&str]) -> PathBuf {
+    check_runnable();
+    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugins-{name}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    for plugin in names {
+        let link = folder.join(plugin);
+        if !link.exists() {
+            match std::os::unix::fs::symlink(repo().join("plugins").join(plugin), &link) {
+                Ok(()) => {}
+                // Another test process made it meanwhile.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(error) => panic!("link {}: {error}", link.display()),
+            }
+        }
+    }
+    python_environments(&folder);
+    folder
+}
+
+fn check_runnable() {
     for plugin in [
         "corral-plugin-hello-world",
         "corral-plugin-hello-world-multi-step",
@@ -72,28 +110,23 @@ pub fn reference_plugins() -> PathBuf {
     ] {
         built(plugin);
     }
-    python_environments();
-    repo().join("plugins")
 }
 
 /// Builds the Python plugins' environments (a no-op when they match their
 /// locks), so no test's supervisor spends its start timeout on one.
-pub fn python_environments() {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let output = Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(["envs", "--plugin-folders"])
-            .arg(repo().join("plugins"))
-            .output()
-            .expect("run corral envs");
-        assert!(
-            output.status.success(),
-            "`corral envs` failed (uv must be on PATH: scripts/python-deps installs it \
-             into .tools/bin):\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
+pub fn python_environments(plugins: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["envs", "--plugin-folders"])
+        .arg(plugins)
+        .output()
+        .expect("run corral envs");
+    assert!(
+        output.status.success(),
+        "`corral envs` failed (uv must be on PATH: scripts/python-deps installs it \
+         into .tools/bin):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A folder of plugin folders made for one test.
