@@ -7,9 +7,10 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from backend.datasets import create_dataset
 from corral_plugin import Context, DataOutput, Plugin
 from corral_plugin.qhana import STORE, save_entities
+
+from backend.datasets import create_dataset
 from schemas import InputParameters, InputParametersSchema
 
 JSON = "application/json"
@@ -43,8 +44,7 @@ def vectors(ids: Iterable[str], points: Iterable[Sequence[float]]) -> list[dict[
 def labels(ids: Iterable[str], values: Iterable[int]) -> list[dict[str, Any]]:
     """Label entities ``{"ID", "href", "label"}``, as many as the shorter input."""
     return [
-        {"ID": id_, "href": "", "label": label}
-        for id_, label in zip(ids, values, strict=False)
+        {"ID": id_, "href": "", "label": label} for id_, label in zip(ids, values, strict=False)
     ]
 
 

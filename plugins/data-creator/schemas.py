@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import marshmallow as ma
+from corral_plugin.qhana import EnumField, FrontendFormBaseSchema
 from marshmallow import ValidationError, post_load, validate, validates_schema
 
 from backend.datasets import DataTypeEnum
-from corral_plugin.qhana import EnumField, FrontendFormBaseSchema
 
 REQUIRED_FIELDS_BY_TYPE: dict[DataTypeEnum, frozenset[str]] = {
     DataTypeEnum.two_spirals: frozenset({"noise", "turns"}),

@@ -34,6 +34,8 @@ def greeter() -> Plugin:
 
     @plugin.task
     def task(ctx: Context, inputs: dict[str, Any]) -> None:
+        if inputs["name"] == "fail":
+            raise TaskError(f"the backend refused token {inputs['token']}")
         greeting = f"Hello {inputs['name']}" * inputs["times"]
         ctx.log(f"greeting with token {inputs['token']}")
         logging.getLogger("greeter.backend").info("through logging, token %s", inputs["token"])
@@ -59,6 +61,8 @@ def test_a_task_gets_typed_inputs_and_its_log_output_and_progress_arrive(harness
         "greeting with token ********",
         "INFO greeter.backend: through logging, token ********",
     ]
+    failed = h.run({"name": "fail", "token": "s3cr3t-value"})
+    assert failed.error == "the backend refused token ********"
 
 
 def test_the_metadata_declares_the_form_with_its_kinds(harness: Harness) -> None:
@@ -283,3 +287,26 @@ def test_data_urls_are_read_and_local_files_need_the_manifests_permission(
     assert h.run({"data": url}).error == "file:// data URLs are not allowed for this plugin"
     monkeypatch.setenv("CORRAL_ALLOW_FILE_URLS", "1")
     assert h.run({"data": url}).log == ["from disk"]
+
+
+def test_a_step_pattern_handles_numbered_steps(harness: Harness) -> None:
+    plugin = Plugin("numbered", "v1.0.0")
+
+    @plugin.task
+    def task(ctx: Context, inputs: dict[str, Any]) -> Any:
+        return ctx.step("round-1", state=1, form=[fields.boolean("more")])
+
+    @plugin.step("round-*", inputs=[fields.boolean("more")])
+    def round_(ctx: Context, inputs: dict[str, Any], state: int) -> Any:
+        ctx.log(f"{ctx.step_id} with state {state}")
+        if inputs["more"]:
+            return ctx.step(f"round-{state + 1}", state=state + 1)
+        return None
+
+    h = harness(plugin)
+    first = h.run({})
+    second = h.submit(first, {"more": True})
+    assert second.step is not None and second.step.step_id == "round-2"
+    assert second.step.keys == ["more"]
+    last = h.submit(second, {"more": False})
+    assert (last.status, last.log) == ("SUCCESS", ["round-2 with state 2"])

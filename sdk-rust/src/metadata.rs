@@ -194,7 +194,8 @@ impl Field {
     }
 
     /// A value the user keeps to themselves (a password, an API token): the
-    /// gateway never shows it back in a form, a log or an API answer.
+    /// gateway never shows it back in a form or an API answer. Keep it out of
+    /// the task's log yourself.
     pub fn secret(field: impl Into<String>, label: impl Into<String>) -> Self {
         Self::new(field, label, pb::FieldKind::Secret)
     }

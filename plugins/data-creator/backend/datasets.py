@@ -7,14 +7,14 @@ seeded state (``np.random.seed``) gives the same datasets every time.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.datasets import make_blobs
 
-Points = NDArray[np.float64]
-Labels = NDArray[np.int_]
+Points: TypeAlias = NDArray[np.float64]
+Labels: TypeAlias = NDArray[np.int_]
 T = TypeVar("T")
 Split = tuple[list[list[float]], list[int], list[list[float]], list[int]]
 
@@ -82,7 +82,12 @@ def create_dataset(
     order = np.arange(len(points))
     np.random.shuffle(order)
     train, test = order[:num_train_points], order[num_train_points:]
-    return points[train].tolist(), labels[train].tolist(), points[test].tolist(), labels[test].tolist()
+    return (
+        points[train].tolist(),
+        labels[train].tolist(),
+        points[test].tolist(),
+        labels[test].tolist(),
+    )
 
 
 def _given(value: T | None, default: T) -> T:

@@ -25,7 +25,15 @@ from typing import Any
 import grpc
 
 from . import _proto
-from .context import CURRENT, Context, EventChannel, StepRequest, encode_state
+from .context import (
+    CURRENT,
+    Context,
+    EventChannel,
+    StepRequest,
+    encode_state,
+    mask,
+    secret_values,
+)
 from .errors import Cancelled, TaskError
 from .forms import Form, InvalidInputs, secret_keys
 from .plugin import Plugin
@@ -83,9 +91,14 @@ class Runtime:
                 call.cancel()
 
     async def _call(self, request: Any, channel: EventChannel) -> None:
-        """Runs the task or step handler and sends its terminal event."""
+        """Runs the task or step handler and sends its terminal event. Secret
+        inputs are masked in the log and in the failure's reason."""
+        step = self.plugin.find_step(request.step_id) if request.step_id else None
+        secrets = secret_values(
+            request, self.secrets, secret_keys(step.form) if step else frozenset()
+        )
         try:
-            terminal = await self._run_handler(request, channel)
+            terminal = await self._run_handler(request, channel, secrets)
         except asyncio.CancelledError:
             return
         except Cancelled:
@@ -96,18 +109,20 @@ class Runtime:
             terminal = _proto.InvokeEvent(error=_proto.TaskError(message=str(error)))
         except Exception as error:
             # The trace goes to the plugin's log, the reason to the task's.
-            traceback.print_exc()
+            print(mask(traceback.format_exc(), secrets), file=sys.stderr, end="", flush=True)
             message = f"{type(error).__name__}: {error}"
             terminal = _proto.InvokeEvent(error=_proto.TaskError(message=message))
+        if terminal.HasField("error"):
+            terminal.error.message = mask(terminal.error.message, secrets)
         if not channel.cancelled.is_set():
             await channel.put(terminal)
 
-    async def _run_handler(self, request: Any, channel: EventChannel) -> Any:
+    async def _run_handler(self, request: Any, channel: EventChannel, secrets: list[str]) -> Any:
         plugin = self.plugin
-        ctx = Context(request, channel, self.secrets)
+        ctx = Context(request, channel, secrets)
         step_form: Form | None = None
         if request.step_id:
-            step = plugin.steps.get(request.step_id)
+            step = plugin.find_step(request.step_id)
             if step is None:
                 raise TaskError(f"this plugin has no step {request.step_id!r}")
             handler: Callable[..., Any] = step.handler
@@ -146,7 +161,7 @@ class Runtime:
         if isinstance(outcome, StepRequest):
             form = outcome.form
             if form is None:
-                step = self.plugin.steps.get(outcome.step_id)
+                step = self.plugin.find_step(outcome.step_id)
                 if step is None:
                     raise TaskError(f"step {outcome.step_id!r} has no handler (@plugin.step)")
                 form = step.form

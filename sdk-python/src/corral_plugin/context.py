@@ -94,7 +94,7 @@ class Context:
         self,
         request: Any,
         channel: EventChannel,
-        secrets: frozenset[str],
+        secrets: list[str],
     ) -> None:
         self.task_id: str = request.task_id
         """The gateway's id of the task."""
@@ -107,11 +107,7 @@ class Context:
         self.state: Any = json.loads(request.state) if request.state else None
         """The state handed over with the last step or checkpoint (``None``: none)."""
         self._channel = channel
-        self._masked = sorted(
-            (value for key, value in request.inputs.items() if key in secrets and value),
-            key=len,
-            reverse=True,
-        )
+        self._secrets = secrets
 
     # -- cancellation ---------------------------------------------------------
 
@@ -129,8 +125,7 @@ class Context:
 
     def log(self, text: str) -> None:
         """Appends a line to the task's log (secret inputs are masked)."""
-        for secret in self._masked:
-            text = text.replace(secret, _MASK)
+        text = mask(text, self._secrets)
         self._channel.send(_proto.InvokeEvent(log=_proto.LogLine(text=text)))
 
     def progress(self, value: int, target: int = 0, *, start: int = 0, unit: str = "") -> None:
@@ -253,6 +248,20 @@ class OutputWriter(io.RawIOBase):
 def _copy(source: IO[bytes], writer: OutputWriter) -> None:
     while chunk := source.read(_proto.MAX_CHUNK):
         writer.write(chunk)
+
+
+def secret_values(request: Any, keys: frozenset[str], step_keys: frozenset[str]) -> list[str]:
+    """The values of a call's secret inputs (task and step), longest first."""
+    values = [v for k, v in request.inputs.items() if k in keys and v]
+    values += [v for k, v in request.step_inputs.items() if k in step_keys and v]
+    return sorted(values, key=len, reverse=True)
+
+
+def mask(text: str, secrets: Any) -> str:
+    """``text`` with every secret value replaced by ``********``."""
+    for secret in secrets:
+        text = text.replace(secret, _MASK)
+    return text
 
 
 def encode_state(state: Any) -> str:

@@ -115,13 +115,27 @@ class Plugin:
 
     def step(self, step_id: str, *, inputs: Any = None) -> Callable[[F], F]:
         """Declares the handler of step ``step_id`` and its form:
-        ``handler(ctx, inputs, state)``, called when the step is submitted."""
+        ``handler(ctx, inputs, state)``, called when the step is submitted. A
+        ``step_id`` ending in ``*`` handles every step it is a prefix of (e.g.
+        ``annotate-class-*`` for numbered steps; ``ctx.step_id`` tells which)."""
 
         def declare(handler: F) -> F:
             self.steps[step_id] = _Step(handler, as_form(inputs))
             return handler
 
         return declare
+
+    def find_step(self, step_id: str) -> _Step | None:
+        """The handler of ``step_id``: its own, else the longest matching pattern."""
+        exact = self.steps.get(step_id)
+        if exact is not None:
+            return exact
+        patterns = [
+            (len(pattern), step)
+            for pattern, step in self.steps.items()
+            if pattern.endswith("*") and step_id.startswith(pattern[:-1])
+        ]
+        return max(patterns, key=lambda found: found[0])[1] if patterns else None
 
     def render(self, handler: F) -> F:
         """Declares the page fragment of a visualization: ``handler(values)``
