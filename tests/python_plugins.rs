@@ -46,7 +46,9 @@ async fn outputs(corral: &Corral, task: &Value) -> BTreeMap<String, (String, Str
 async fn python_hello_world_runs_as_the_rust_one_does() {
     let database = TestDatabase::new(Db::Sqlite).await;
     let corral = Corral::serve(&database, &[&python_plugins()]);
-    corral.wait_for_plugins(&["hello-world-python@v0-2-1"]).await;
+    corral
+        .wait_for_plugins(&["hello-world-python@v0-2-1"])
+        .await;
     let task = corral
         .submit("hello-world-python@v0-2-1", &[("inputStr", "my input")])
         .await;
@@ -149,7 +151,10 @@ async fn the_entity_filter_port_keeps_the_chosen_rows_and_columns() {
     assert_eq!(finished["status"], "SUCCESS", "{finished}");
     let outputs = outputs(&corral, &finished).await;
     let (name, (data_type, content_type, body)) = outputs.iter().next().unwrap();
-    assert!(name.starts_with("filtered_entities_setting_Allowlist_rows_2"), "{name}");
+    assert!(
+        name.starts_with("filtered_entities_setting_Allowlist_rows_2"),
+        "{name}"
+    );
     assert_eq!(
         (data_type.as_str(), content_type.as_str()),
         ("entity_filter_output", "application/json")
@@ -161,7 +166,9 @@ async fn the_entity_filter_port_keeps_the_chosen_rows_and_columns() {
 async fn the_manual_classification_port_loops_over_steps_through_the_gateway() {
     let database = TestDatabase::new(Db::Postgres).await;
     let corral = Corral::serve(&database, &[&python_plugins()]);
-    corral.wait_for_plugins(&["manual-classification@v0-2-1"]).await;
+    corral
+        .wait_for_plugins(&["manual-classification@v0-2-1"])
+        .await;
     let task = corral
         .submit(
             "manual-classification@v0-2-1",
@@ -171,7 +178,11 @@ async fn the_manual_classification_port_loops_over_steps_through_the_gateway() {
             )],
         )
         .await;
-    let classes = [("cat", "a", "false"), ("dog", "b", "false"), ("cat", "c", "true")];
+    let classes = [
+        ("cat", "a", "false"),
+        ("dog", "b", "false"),
+        ("cat", "c", "true"),
+    ];
     for (round, (class, entity, done)) in classes.into_iter().enumerate() {
         let step_id = format!("annotate-class-{}", round + 1);
         let (_, status) = corral.get_json(&task).await;
@@ -187,7 +198,12 @@ async fn the_manual_classification_port_loops_over_steps_through_the_gateway() {
             })
             .await;
         let (_, status_now) = corral.get_json(&task).await;
-        let step = status_now["steps"].as_array().unwrap().last().unwrap().clone();
+        let step = status_now["steps"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
         assert_eq!(step["stepId"], step_id.as_str(), "{status}");
         // The step's form offers a checkbox per entity.
         let form = corral.get_text(step["uiHref"].as_str().unwrap()).await;

@@ -24,7 +24,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::{
     procs::{Database, Gateway, PluginFolders, Supervisor, binary_manifest, python_manifest},
-    report::{Db, EndToEnd, Floor, Growth, Report, StatusAt},
+    report::{Db, EndToEnd, Floor, Growth, PythonRow, Report, StatusAt},
     stats::Spread,
     tasks::Client,
 };
@@ -56,6 +56,7 @@ enum Section {
     Tasks,
     Reads,
     Lifecycle,
+    Python,
     Streaming,
     Growth,
 }
@@ -162,6 +163,11 @@ async fn run(args: &Args) -> Result<()> {
     if wanted(Section::Lifecycle) {
         lifecycle(&sizes, &mut report).await.context("lifecycle")?;
     }
+    if wanted(Section::Python) {
+        python(&sizes, &mut report)
+            .await
+            .context("Python plugins")?;
+    }
     if wanted(Section::Streaming) {
         streaming(&sizes, &mut report).await.context("streaming")?;
     }
@@ -261,7 +267,9 @@ async fn end_to_end(gateway: &Gateway, db: Db, sizes: &Sizes, report: &mut Repor
                 rss: 0,
             };
             for _ in 0..sizes.rounds {
-                let mut run = tasks::end_to_end(gateway.addr, client, n, concurrency).await?;
+                let mut run =
+                    tasks::end_to_end(gateway.addr, tasks::HELLO_PROCESS, client, n, concurrency)
+                        .await?;
                 row.per_second.push(run.per_second);
                 row.p50.push(run.latencies.p50().as_secs_f64() * 1e3);
                 row.p99.push(run.latencies.p99().as_secs_f64() * 1e3);
@@ -340,16 +348,71 @@ async fn lifecycle(sizes: &Sizes, report: &mut Report) -> Result<()> {
         "hello-world",
         &binary_manifest("corral-plugin-hello-world", &[])?,
     )?;
-    folders.add("csv-visualization", &python_manifest()?)?;
+    folders.add("csv-visualization", &python_manifest("csv-visualization")?)?;
+    folders.add("qiskit-simulator", &python_manifest("qiskit-simulator")?)?;
     let supervisor = Supervisor::start(folders.path())?;
-    supervisor.all_ready(2).await?;
+    supervisor.all_ready(3).await?;
     for (plugin, label) in [
         ("hello-world", "hello-world (Rust)"),
         ("csv-visualization", "csv-visualization (Python)"),
+        ("qiskit-simulator", "qiskit-simulator (Python, qiskit 0.43)"),
     ] {
         progress(&format!("lifecycle of {plugin}"));
         let measured = lifecycle::measure(&supervisor, plugin, sizes.lifecycle_runs).await?;
         report.lifecycle.push((label, measured));
+    }
+    Ok(())
+}
+
+/// hello-world against hello-world-python (the same plugin on the Python SDK)
+/// through one gateway on SQLite: latency alone, throughput in parallel, and
+/// each plugin process's memory after its tasks.
+async fn python(sizes: &Sizes, report: &mut Report) -> Result<()> {
+    let folders = PluginFolders::new()?;
+    folders.add(
+        "hello-world",
+        &binary_manifest("corral-plugin-hello-world", &[])?,
+    )?;
+    folders.add(
+        "hello-world-python",
+        &python_manifest("hello-world-python")?,
+    )?;
+    let supervisor = Supervisor::start(folders.path())?;
+    let plugins = supervisor.all_ready(2).await?;
+    let gateway = Gateway::start(&supervisor, 2, None).await?;
+    let parallel = *sizes.concurrencies.last().unwrap_or(&1);
+    for (folder, label, process) in [
+        ("hello-world", "Rust", tasks::HELLO_PROCESS),
+        ("hello-world-python", "Python", tasks::HELLO_PYTHON_PROCESS),
+    ] {
+        progress(&format!("Python plugins: {folder}"));
+        let mut row = PythonRow {
+            label,
+            p50: Spread::default(),
+            per_second: Spread::default(),
+            rss: 0,
+        };
+        for _ in 0..sizes.rounds {
+            let mut alone =
+                tasks::end_to_end(gateway.addr, process, Client::Events, sizes.tasks_c1, 1).await?;
+            row.p50.push(alone.latencies.p50().as_secs_f64() * 1e3);
+            let busy = tasks::end_to_end(
+                gateway.addr,
+                process,
+                Client::Events,
+                sizes.tasks_parallel,
+                parallel,
+            )
+            .await?;
+            row.per_second.push(busy.per_second);
+        }
+        let pid = plugins
+            .iter()
+            .find(|status| status.plugin == folder)
+            .map(|status| status.pid)
+            .context("the plugin's pid")?;
+        row.rss = procs::proc_status_bytes(pid, "VmRSS:")?;
+        report.python.push(row);
     }
     Ok(())
 }
@@ -381,8 +444,14 @@ async fn growth(args: &Args, sizes: &Sizes, report: &mut Report) -> Result<()> {
     let parallel = *sizes.concurrencies.last().unwrap_or(&1);
     let mut loaded = Spread::default();
     for _ in 0..sizes.rounds {
-        let run =
-            tasks::end_to_end(gateway.addr, Client::Events, sizes.tasks_parallel, parallel).await?;
+        let run = tasks::end_to_end(
+            gateway.addr,
+            tasks::HELLO_PROCESS,
+            Client::Events,
+            sizes.tasks_parallel,
+            parallel,
+        )
+        .await?;
         loaded.push(run.per_second);
     }
     result.loaded = Some((most, parallel, loaded));

@@ -100,11 +100,11 @@ pub fn versioned_manifest(name: &str, version: &str) -> Result<String> {
 }
 
 /// The Python reference plugin, from its virtual environment.
-pub fn python_manifest() -> Result<String> {
-    let folder = repo().join("plugins/csv-visualization");
+pub fn python_manifest(plugin: &str) -> Result<String> {
+    let folder = repo().join("plugins").join(plugin);
     let python = folder.join(".venv/bin/python");
     if !python.is_file() {
-        bail!("the Python plugin's runtime is missing: run scripts/python-deps");
+        bail!("the environment of {plugin} is missing: run `corral envs` (scripts/bench does)");
     }
     Ok(format!(
         "command = {:?}\nargs = [\"plugin.py\"]\nworking_dir = {:?}\n\
@@ -200,7 +200,7 @@ impl Drop for Process {
     }
 }
 
-fn proc_status_bytes(pid: u32, key: &str) -> Result<u64> {
+pub fn proc_status_bytes(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -37,6 +37,16 @@ pub struct EndToEnd {
     pub rss: u64,
 }
 
+/// One plugin of the Python comparison (hello-world in Rust and in Python).
+pub struct PythonRow {
+    pub label: &'static str,
+    /// Milliseconds at concurrency 1, one value per round.
+    pub p50: Spread,
+    pub per_second: Spread,
+    /// The plugin process's resident memory after its tasks.
+    pub rss: u64,
+}
+
 pub struct Floor {
     pub db: Db,
     /// Milliseconds.
@@ -81,6 +91,7 @@ pub struct Report {
     pub floors: Vec<Floor>,
     pub reads: Vec<(Db, Vec<ReadRow>)>,
     pub lifecycle: Vec<(&'static str, Lifecycle)>,
+    pub python: Vec<PythonRow>,
     pub streaming: Option<Streaming>,
     pub growth: Option<Growth>,
 }
@@ -153,6 +164,7 @@ impl Report {
             floors: Vec::new(),
             reads: Vec::new(),
             lifecycle: Vec::new(),
+            python: Vec::new(),
             streaming: None,
             growth: None,
         }
@@ -190,6 +202,7 @@ impl Report {
         self.lifecycle_section(&mut out);
         self.streaming_section(&mut out);
         self.growth_section(&mut out);
+        self.python_section(&mut out);
         out.push_str(include_str!("../analysis.md"));
         out
     }
@@ -551,6 +564,42 @@ impl Report {
                 ms(kill.p50()),
                 ms(kill.quantile(0.0)),
                 ms(kill.quantile(1.0)),
+            );
+        }
+        out.push('\n');
+    }
+
+    fn python_section(&self, out: &mut String) {
+        if self.python.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "## 7. Python plugins\n");
+        let _ = writeln!(
+            out,
+            "hello-world and hello-world-python (the same plugin on the Python SDK, \
+             `sdk-python`) through one gateway on SQLite, event-stream client, {} rounds: \
+             {} tasks alone, then {} at concurrency {}. RSS: the plugin process after its \
+             tasks.\n",
+            self.sizes.rounds,
+            self.sizes.tasks_c1,
+            self.sizes.tasks_parallel,
+            self.parallel()
+        );
+        table_head(
+            out,
+            &format!(
+                "| plugin | p50 c=1 | tasks/s c={} | plugin RSS |",
+                self.parallel()
+            ),
+        );
+        for row in &self.python {
+            let _ = writeln!(
+                out,
+                "| hello-world ({}) | {} ms | {} | {} |",
+                row.label,
+                row.p50.show(2),
+                row.per_second.show(0),
+                mib(row.rss)
             );
         }
         out.push('\n');

@@ -25,6 +25,8 @@ use crate::{
 
 /// hello-world's process route.
 pub const HELLO_PROCESS: &str = "/plugins/hello-world@v0-2-1/process/";
+/// hello-world-python's (the same plugin on the Python SDK).
+pub const HELLO_PYTHON_PROCESS: &str = "/plugins/hello-world-python@v0-2-1/process/";
 /// How often the polling client asks, as the old runner's benchmark client does.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 /// Tasks run before each measured run, not counted.
@@ -98,22 +100,28 @@ where
     })
 }
 
-/// hello-world submitted over REST until `SUCCESS` is seen.
+/// hello-world (at its `process` route) submitted over REST until `SUCCESS` is seen.
 pub async fn end_to_end(
     addr: SocketAddr,
+    process: &'static str,
     client: Client,
     n: usize,
     concurrency: usize,
 ) -> Result<Run> {
     let open = move || Conn::open(addr);
-    let job = move |conn, index| one_task(conn, client, index);
+    let job = move |conn, index| one_task(conn, process, client, index);
     drive(WARM_UP.min(n), concurrency, open, job).await?;
     drive(n, concurrency, open, job).await
 }
 
-async fn one_task(mut conn: Conn, client: Client, index: usize) -> Result<Conn> {
+async fn one_task(
+    mut conn: Conn,
+    process: &'static str,
+    client: Client,
+    index: usize,
+) -> Result<Conn> {
     let form = format!("inputStr=hello+input+{index}");
-    let created = conn.post_form(HELLO_PROCESS, form).await?;
+    let created = conn.post_form(process, form).await?;
     if created.status != StatusCode::SEE_OTHER {
         bail!(
             "submit answered {}: {}",
