@@ -234,3 +234,47 @@ async fn the_manual_classification_port_loops_over_steps_through_the_gateway() {
         ])
     );
 }
+
+/// Two plugins whose requirements cannot share one environment (qiskit 0.43
+/// and qiskit 2.x; `scripts/check-conflict` shows the resolver refusing their
+/// union) run side by side in one `corral serve`, each on its own versions.
+#[tokio::test]
+async fn qiskit_043_and_qiskit_2_run_a_bell_circuit_side_by_side() {
+    let plugins = plugin_selection("qiskit", &["qiskit-simulator", "qiskit-simulator-next"]);
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve(&database, &[&plugins]);
+    let identifiers = ["qiskit-simulator@v1-0-1", "qiskit-simulator@v2-0-0"];
+    corral.wait_for_plugins(&identifiers).await;
+    let bell = "data:text/x-qasm,OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[2];\ncreg c[2];\n\
+                h q[0];\ncx q[0],q[1];\nmeasure q -> c;\n";
+    let mut tasks = Vec::new();
+    for identifier in identifiers {
+        tasks.push(
+            corral
+                .submit(identifier, &[("circuit", bell), ("shots", "200")])
+                .await,
+        );
+    }
+    let mut seen = Vec::new();
+    for task in &tasks {
+        let finished = corral.finished(task).await;
+        assert_eq!(finished["status"], "SUCCESS", "{finished}");
+        let outputs = outputs(&corral, &finished).await;
+        let counts: Value = serde_json::from_str(&outputs["result-counts.json"].2).unwrap();
+        let total: u64 = ["00", "11"]
+            .iter()
+            .map(|state| counts[state].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(total, 200, "only 00 and 11 are measured: {counts}");
+        let versions: Value = serde_json::from_str(&outputs["versions.json"].2).unwrap();
+        seen.push((
+            versions["qiskit"].as_str().unwrap().to_owned(),
+            versions["numpy"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let major = |version: &str| version.split('.').next().unwrap().to_owned();
+    assert!(seen[0].0.starts_with("0.43"), "{seen:?}");
+    assert_eq!(major(&seen[0].1), "1", "{seen:?}");
+    assert_eq!(major(&seen[1].0), "2", "{seen:?}");
+    assert_eq!(major(&seen[1].1), "2", "{seen:?}");
+}

@@ -4,7 +4,9 @@ from corral_plugin.testing import PluginHarness
 from plugin import plugin
 
 
-def test_a_table_of_the_rows_with_cells_escaped(corral_harness: Callable[..., PluginHarness]) -> None:
+def test_a_table_of_the_rows_with_cells_escaped(
+    corral_harness: Callable[..., PluginHarness],
+) -> None:
     harness = corral_harness(plugin)
     run = harness.run({"data": "data:text/csv,name,score%0A<b>Ada</b>,3"})
     assert run.status == "SUCCESS", run.error
