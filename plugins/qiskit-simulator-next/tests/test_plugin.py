@@ -1,129 +1,27 @@
-from collections.abc import Callable
-from urllib.parse import quote
+"""qiskit-simulator v2.0.0 on qiskit 2: the checks every version passes (see
+qiskit_simulator_common.testing), with this version's expectations."""
 
-from corral_plugin.testing import PluginHarness
+from qiskit_simulator_common import testing
+from qiskit_simulator_common.testing import Harness
 
 from plugin import plugin
 
-BELL = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[2];
-creg c[2];
-h q[0];
-cx q[0],q[1];
-measure q -> c;
-"""
-BELL_QASM3 = """OPENQASM 3.0;
-include "stdgates.inc";
-qubit[2] q;
-bit[2] c;
-h q[0];
-cx q[0], q[1];
-c = measure q;
-"""
-ENTANGLE = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0];\ncx q[0],q[1];\n'
-OUTPUTS = [
-    "result-trace.json",
-    "result-counts.json",
-    "execution-options.json",
-    "versions.json",
-]
+
+def test_metadata_is_the_old_plugins(corral_harness: Harness) -> None:
+    testing.check_metadata(corral_harness, plugin, "v2.0.0")
 
 
-def data_url(text: str, content_type: str = "text/x-qasm") -> str:
-    return f"data:{content_type},{quote(text)}"
+def test_a_bell_circuit_counts_only_00_and_11(corral_harness: Harness) -> None:
+    testing.check_bell_counts(corral_harness, plugin, backend="aer_simulator")
 
 
-def test_metadata_is_the_old_plugins(corral_harness: Callable[..., PluginHarness]) -> None:
-    metadata = corral_harness(plugin).metadata()
-    assert (metadata.name, metadata.version) == ("qiskit-simulator", "v2.0.0")
-    assert plugin.identifier == "qiskit-simulator@v2-0-0"
-    assert metadata.title == "qiskit-simulator"
-    assert "qasm-2" in metadata.tags
-    assert [f.field for f in metadata.inputs] == [
-        "circuit",
-        "executionOptions",
-        "shots",
-        "statevector",
-    ]
-    assert [(d.parameter, d.data_type, d.required) for d in metadata.data_inputs] == [
-        ("circuit", "executable/circuit", True),
-        ("executionOptions", "provenance/execution-options", False),
-    ]
-    assert [(o.name, o.data_type, o.required) for o in metadata.data_outputs] == [
-        ("result-counts.json", "entity/vector", True),
-        ("result-statevector.json", "entity/vector", False),
-        ("result-trace.json", "provenance/trace", True),
-        ("execution-options.json", "provenance/execution-options", True),
-        ("versions.json", "provenance/versions", True),
-    ]
+def test_versions_are_qiskit_2_and_numpy_2(corral_harness: Harness) -> None:
+    testing.check_versions(corral_harness, plugin, {"qiskit": "2.", "numpy": "2."})
 
 
-def test_a_bell_circuit_counts_only_00_and_11(
-    corral_harness: Callable[..., PluginHarness],
-) -> None:
-    run = corral_harness(plugin).run({"circuit": data_url(BELL), "shots": 500})
-    assert run.status == "SUCCESS", run.error
-    assert list(run.outputs) == OUTPUTS
-    assert {o.content_type for o in run.outputs.values()} == {"application/json"}
-
-    counts = run.outputs["result-counts.json"]
-    assert counts.data_type == "entity/vector"
-    assert not counts.text.endswith("\n")
-    values = counts.json()
-    experiment_id = values.pop("ID")
-    assert set(values) == {"00", "11"}
-    assert sum(values.values()) == 500
-
-    trace = run.outputs["result-trace.json"].json()
-    assert trace["ID"] == experiment_id
-    assert (trace["qpuName"], trace["shots"]) == ("aer_simulator", 500)
-    options = run.outputs["execution-options.json"].json()
-    assert options["executorPlugin"] == ["qiskit-simulator@v2-0-0"]
-    assert options["shots"] == 500
+def test_statevector_and_execution_options(corral_harness: Harness) -> None:
+    testing.check_statevector_and_execution_options(corral_harness, plugin)
 
 
-def test_versions_are_qiskit_2_and_numpy_2(
-    corral_harness: Callable[..., PluginHarness],
-) -> None:
-    run = corral_harness(plugin).run({"circuit": data_url(BELL_QASM3)})
-    assert run.status == "SUCCESS", run.error
-    counts = run.outputs["result-counts.json"].json()
-    assert sum(v for k, v in counts.items() if k != "ID") == 1024  # qiskit's default shots
-    versions = run.outputs["versions.json"].json()
-    assert versions["qiskit"].startswith("2.")
-    assert versions["numpy"].startswith("2.")
-    assert "versions: " + run.outputs["versions.json"].text in run.log
-
-
-def test_statevector_and_execution_options(
-    corral_harness: Callable[..., PluginHarness],
-) -> None:
-    options = '{"shots": "10", "executorPlugin": ["circuit-loader@v0-1-0"]}'
-    run = corral_harness(plugin).run(
-        {
-            "circuit": data_url(ENTANGLE),
-            "statevector": True,
-            "executionOptions": data_url(options, "application/json"),
-        }
-    )
-    assert run.status == "SUCCESS", run.error
-    assert "loaded execution options: " + options in run.log
-    counts = run.outputs["result-counts.json"].json()
-    assert counts[""] == 10
-    state = run.outputs["result-statevector.json"].json()
-    assert sorted(state) == ["0", "1", "2", "3", "ID"]
-    assert (state["1"], state["2"]) == ("0j", "0j")
-    for key in ("0", "3"):
-        assert state[key].startswith("(0.70710678") and state[key].endswith("+0j)")
-    merged = run.outputs["execution-options.json"].json()
-    assert merged["executorPlugin"] == ["circuit-loader@v0-1-0", "qiskit-simulator@v2-0-0"]
-    assert (merged["shots"], merged["statevector"]) == (10, True)
-
-
-def test_a_text_that_is_no_circuit_fails_clearly(
-    corral_harness: Callable[..., PluginHarness],
-) -> None:
-    run = corral_harness(plugin).run({"circuit": data_url("hello")})
-    assert run.status == "FAILURE"
-    assert run.fail_reason().startswith("Not a valid OpenQASM circuit")
+def test_a_text_that_is_no_circuit_fails_clearly(corral_harness: Harness) -> None:
+    testing.check_no_circuit_fails_clearly(corral_harness, plugin)
