@@ -69,6 +69,8 @@ pub struct Sizes {
     pub tasks_polling_c1: usize,
     pub tasks_parallel: usize,
     pub concurrencies: Vec<usize>,
+    /// The concurrency of the Python comparison's parallel runs.
+    pub python_concurrency: usize,
     pub floor_c1: usize,
     pub floor_parallel: usize,
     pub read_for: Duration,
@@ -88,6 +90,7 @@ impl Sizes {
             tasks_polling_c1: 150,
             tasks_parallel: 3000,
             concurrencies: vec![1, 16, 64],
+            python_concurrency: 16,
             floor_c1: 1000,
             floor_parallel: 5000,
             read_for: Duration::from_secs(5),
@@ -107,6 +110,7 @@ impl Sizes {
             tasks_polling_c1: 10,
             tasks_parallel: 50,
             concurrencies: vec![1, 8],
+            python_concurrency: 8,
             floor_c1: 20,
             floor_parallel: 50,
             read_for: Duration::from_millis(300),
@@ -380,7 +384,7 @@ async fn python(sizes: &Sizes, report: &mut Report) -> Result<()> {
     let supervisor = Supervisor::start(folders.path())?;
     let plugins = supervisor.all_ready(2).await?;
     let gateway = Gateway::start(&supervisor, 2, None).await?;
-    let parallel = *sizes.concurrencies.last().unwrap_or(&1);
+    let parallel = sizes.python_concurrency;
     for (folder, label, process) in [
         ("hello-world", "Rust", tasks::HELLO_PROCESS),
         ("hello-world-python", "Python", tasks::HELLO_PYTHON_PROCESS),

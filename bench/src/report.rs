@@ -583,13 +583,13 @@ impl Report {
             self.sizes.rounds,
             self.sizes.tasks_c1,
             self.sizes.tasks_parallel,
-            self.parallel()
+            self.sizes.python_concurrency
         );
         table_head(
             out,
             &format!(
                 "| plugin | p50 c=1 | tasks/s c={} | plugin RSS |",
-                self.parallel()
+                self.sizes.python_concurrency
             ),
         );
         for row in &self.python {

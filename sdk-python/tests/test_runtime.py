@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from corral_plugin import Context, Plugin, TaskError, _proto, fields
+from corral_plugin import Cancelled, Context, Plugin, TaskError, _proto, fields
 from corral_plugin.testing import PluginHarness
 
 Harness = Callable[..., PluginHarness]
@@ -179,8 +179,12 @@ def test_a_cancelled_call_cancels_its_task(harness: Harness) -> None:
     @plugin.task
     def task(ctx: Context, inputs: dict[str, Any]) -> None:
         ctx.log("started")
-        while not ctx.cancelled:
-            ctx.progress(1)  # raises Cancelled once the stream is gone
+        try:
+            while not ctx.cancelled:
+                ctx.progress(1)  # raises Cancelled once the call is cancelled
+        except Cancelled:
+            cancelled.set()
+            raise
         cancelled.set()
 
     h = harness(plugin)

@@ -30,14 +30,18 @@ _MASK = "********"
 
 class EventChannel:
     """The events of one call, from the task to the gRPC stream. A task in a
-    thread waits when the stream is :data:`_BACKLOG` events behind; a coroutine
-    on the loop never waits (it yields to the stream whenever it awaits)."""
+    thread hands events over without waiting while fewer than :data:`_BACKLOG`
+    are on their way, and waits for room beyond; a coroutine on the loop never
+    waits (it yields to the stream whenever it awaits)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._space = asyncio.Event()
         self.cancelled = threading.Event()
+        # Events handed over by threads and not yet in the queue.
+        self._in_flight = 0
+        self._lock = threading.Lock()
 
     async def get(self) -> Any:
         event = await self._queue.get()
@@ -50,12 +54,25 @@ class EventChannel:
             await self._space.wait()
         self._queue.put_nowait(event)
 
+    def _arrive(self, event: Any) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._queue.put_nowait(event)
+
     def send(self, event: Any) -> None:
         """Sends from the task: waits for room in a thread, never on the loop."""
         if self.cancelled.is_set():
             raise Cancelled()
         if _on_loop(self.loop):
             self._queue.put_nowait(event)
+            return
+        with self._lock:
+            room = self._in_flight + self._queue.qsize() < _BACKLOG
+            if room:
+                self._in_flight += 1
+        if room:
+            # Callbacks run in order, so events keep theirs.
+            self.loop.call_soon_threadsafe(self._arrive, event)
             return
         future = asyncio.run_coroutine_threadsafe(self.put(event), self.loop)
         while True:
