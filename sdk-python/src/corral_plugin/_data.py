@@ -3,15 +3,16 @@ manifest allows it, ``file://localhost`` URLs, always with a size cap."""
 
 from __future__ import annotations
 
-import email.message
 import json
 import os
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TaskError
+
+if TYPE_CHECKING:
+    import email.message
 
 MAX_DATA_BYTES = 256 * 1024 * 1024
 """The default cap of one read: 256 MiB."""
@@ -51,6 +52,8 @@ def read(url: str, *, max_bytes: int = MAX_DATA_BYTES, timeout: float = 60) -> D
         return _read_file(url, max_bytes)
     if scheme not in ("http", "https", "data"):
         raise TaskError(f"unsupported data URL scheme {scheme!r} in {url[:100]!r}")
+    import urllib.request  # only here: it costs a plugin's start tens of ms
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             content = response.read(max_bytes + 1)

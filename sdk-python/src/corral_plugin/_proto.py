@@ -7,7 +7,7 @@ made from them at import time; services are served with generic handlers.
 
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -23,7 +23,7 @@ MAX_CHUNK = 1024 * 1024
 
 
 def _load() -> tuple[descriptor_pool.DescriptorPool, dict[str, bytes]]:
-    raw = resources.files(__package__).joinpath("descriptors.binpb").read_bytes()
+    raw = Path(__file__).with_name("descriptors.binpb").read_bytes()
     files = list(descriptor_pb2.FileDescriptorSet.FromString(raw).file)
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()
