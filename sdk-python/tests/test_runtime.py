@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +16,8 @@ import grpc
 import pytest
 
 from corral_plugin import Cancelled, Context, Plugin, TaskError, _proto, fields
+from corral_plugin._runtime import install_task_logging
+from corral_plugin.context import CURRENT, EventChannel
 from corral_plugin.testing import PluginHarness
 
 Harness = Callable[..., PluginHarness]
@@ -314,3 +318,51 @@ def test_a_step_pattern_handles_numbered_steps(harness: Harness) -> None:
     assert second.step.keys == ["more"]
     last = h.submit(second, {"more": False})
     assert (last.status, last.log) == ("SUCCESS", ["round-2 with state 2"])
+
+
+def test_logging_on_the_loop_goes_on_while_a_task_thread_waits_for_room() -> None:
+    install_task_logging()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    channel = EventChannel(loop)
+    ctx = Context(_proto.InvokeRequest(task_id="t"), channel, [])
+
+    def task() -> None:
+        CURRENT.set(ctx)
+        with contextlib.suppress(Cancelled):
+            for line in range(200):  # more than the stream's backlog
+                logging.getLogger("chatty").info("line %d", line)
+
+    worker = threading.Thread(target=task, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while channel._queue.qsize() < 64:  # nobody reads: the task fills its backlog
+        assert time.monotonic() < deadline, "the task never filled its backlog"
+        time.sleep(0.01)
+    assert worker.is_alive(), "the task should wait for room"
+    # Logging on the loop must not wait for the task thread's handler call.
+    logged = asyncio.run_coroutine_threadsafe(_log_on_loop(), loop)
+    assert logged.result(timeout=5)
+    channel.cancelled.set()
+    worker.join(5)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+async def _log_on_loop() -> bool:
+    logging.getLogger("corral_plugin.test").warning("from the loop")
+    return True
+
+
+def test_a_task_that_raises_cancelled_itself_fails_and_close_is_idempotent(
+    harness: Harness,
+) -> None:
+    plugin = Plugin("self-cancelling", "v1.0.0")
+
+    @plugin.task
+    def task(ctx: Context, inputs: dict[str, Any]) -> None:
+        raise Cancelled()
+
+    h = harness(plugin)
+    assert (h.run({}).status, h.run({}).error) == ("FAILURE", "the task was cancelled")
+    h.close()
+    h.close()

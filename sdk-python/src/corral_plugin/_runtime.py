@@ -93,19 +93,21 @@ class Runtime:
     async def _call(self, request: Any, channel: EventChannel) -> None:
         """Runs the task or step handler and sends its terminal event. Secret
         inputs are masked in the log and in the failure's reason."""
-        step = self.plugin.find_step(request.step_id) if request.step_id else None
-        secrets = secret_values(
-            request, self.secrets, secret_keys(step.form) if step else frozenset()
-        )
+        secrets: list[str] = []
         try:
+            step = self.plugin.find_step(request.step_id) if request.step_id else None
+            secrets = secret_values(
+                request, self.secrets, secret_keys(step.form) if step else frozenset()
+            )
             terminal = await self._run_handler(request, channel, secrets)
         except asyncio.CancelledError:
             return
         except Cancelled:
-            return
-        except TaskError as error:
-            terminal = _proto.InvokeEvent(error=_proto.TaskError(message=str(error)))
-        except InvalidInputs as error:
+            if channel.cancelled.is_set():
+                return
+            # Raised by the task itself, not by a cancelled call.
+            terminal = _proto.InvokeEvent(error=_proto.TaskError(message="the task was cancelled"))
+        except (TaskError, InvalidInputs) as error:
             terminal = _proto.InvokeEvent(error=_proto.TaskError(message=str(error)))
         except Exception as error:
             # The trace goes to the plugin's log, the reason to the task's.
@@ -191,7 +193,8 @@ class Runtime:
                 loop = asyncio.get_running_loop()
                 html = await loop.run_in_executor(self.executor, handler, values)
         except (TaskError, InvalidInputs, ValueError) as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            secrets = [v for k, v in values.items() if k in self.secrets and v]
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, mask(str(error), secrets))
         return _proto.RenderResponse(html=html)
 
     # -- grpc.health.v1.Health ------------------------------------------------
@@ -285,6 +288,15 @@ class Runtime:
 
 class _TaskLogHandler(logging.Handler):
     """Lines logged (stdlib ``logging``) inside a task also reach its log."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Without the handler's lock: ``ctx.log`` is thread-safe and may wait
+        # for room in its stream, and a lock held meanwhile would stop every
+        # other thread's logging (the event loop's included).
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         ctx = CURRENT.get()

@@ -95,6 +95,7 @@ class PluginHarness:
             response_deserializer=_proto.InvokeEvent.FromString,
         )
         self._task_ids = 0
+        self._closed = False
 
     def __enter__(self) -> PluginHarness:
         return self
@@ -103,11 +104,18 @@ class PluginHarness:
         self.close()
 
     def close(self) -> None:
-        """Stops the server as SIGTERM would."""
+        """Stops the server as SIGTERM would (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.runtime.stop(self._server, 1.0), self._loop).result()
+        stopping = asyncio.run_coroutine_threadsafe(
+            self.runtime.stop(self._server, 1.0), self._loop
+        )
+        stopping.result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def unary(self, method: str, request: Any, response: Any, timeout: float = 10) -> Any:
         """Calls a unary method, e.g. ``("/grpc.health.v1.Health/Check", ...)``."""
