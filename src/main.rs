@@ -262,23 +262,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn envs(args: EnvsArgs) -> anyhow::Result<()> {
+    const SHOWN_LINES: usize = 20;
     use corral_supervisor::environment::{self, EnvironmentKind, Prepared};
     let discovered = corral_supervisor::manifest::discover(&args.plugin_folders)
         .context("failed to read the plugin folders")?;
     let mut failed = Vec::new();
     for plugin in discovered {
-        let Ok(manifest) = &plugin.manifest else {
-            continue;
+        let manifest = match &plugin.manifest {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                println!("{}: FAILED: {error}", plugin.name);
+                failed.push(plugin.name);
+                continue;
+            }
         };
         if manifest.environment == EnvironmentKind::None {
             continue;
         }
-        let mut output = Vec::new();
+        // The installer's last lines, shown when it fails.
+        let mut output = std::collections::VecDeque::with_capacity(SHOWN_LINES);
         let result = environment::prepare(&plugin.folder, manifest.environment_timeout, |line| {
             if args.verbose {
                 println!("  {line}");
             } else {
-                output.push(line);
+                if output.len() == SHOWN_LINES {
+                    output.pop_front();
+                }
+                output.push_back(line);
             }
         })
         .await;
@@ -288,7 +298,7 @@ async fn envs(args: EnvsArgs) -> anyhow::Result<()> {
                 println!("{}: built in {:.1} s", plugin.name, took.as_secs_f64());
             }
             Err(reason) => {
-                for line in output.iter().rev().take(20).rev() {
+                for line in &output {
                     println!("  {line}");
                 }
                 println!("{}: FAILED: {reason}", plugin.name);

@@ -82,6 +82,8 @@ pub async fn prepare(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own group: a timeout or an abort ends what uv started too.
+        .process_group(0)
         .kill_on_drop(true);
     if std::env::var_os("UV_PYTHON_DOWNLOADS").is_none() {
         command.env("UV_PYTHON_DOWNLOADS", "never");
@@ -89,28 +91,31 @@ pub async fn prepare(
     let mut child = command
         .spawn()
         .map_err(|error| format!("failed to run {}: {error}", uv.display()))?;
+    let mut group = GroupGuard(child.id());
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err("the installer's output could not be captured".into());
     };
-    let mut stdout = BufReader::new(stdout).lines();
-    let mut stderr = BufReader::new(stderr).lines();
+    let (mut stdout, mut stderr) = (BufReader::new(stdout), BufReader::new(stderr));
     let run = async {
         let (mut out_open, mut err_open) = (true, true);
+        let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
         let mut last = String::new();
         while out_open || err_open {
+            // Bytes, not text: a line that is not UTF-8 must not stop the reading
+            // (uv would then block on a full pipe).
             let (line, from_stdout) = tokio::select! {
-                line = stdout.next_line(), if out_open => (line, true),
-                line = stderr.next_line(), if err_open => (line, false),
+                line = read_line(&mut stdout, &mut out_line), if out_open => (line, true),
+                line = read_line(&mut stderr, &mut err_line), if err_open => (line, false),
             };
             match line {
-                Ok(Some(line)) => {
+                Some(line) => {
                     if !line.trim().is_empty() {
                         last.clone_from(&line);
                     }
                     on_line(line);
                 }
-                _ if from_stdout => out_open = false,
-                _ => err_open = false,
+                None if from_stdout => out_open = false,
+                None => err_open = false,
             }
         }
         (child.wait().await, last)
@@ -121,6 +126,8 @@ pub async fn prepare(
             humantime::format_duration(timeout)
         )
     })?;
+    // uv is gone and waited for: its group needs no kill (its id may be reused).
+    group.0 = None;
     let status = status.map_err(|error| format!("uv failed: {error}"))?;
     if !status.success() {
         return Err(format!("uv sync failed ({status}): {last}"));
@@ -129,6 +136,38 @@ pub async fn prepare(
         .await
         .map_err(|error| format!("failed to write {}: {error}", stamp.display()))?;
     Ok(Prepared::Built(started.elapsed()))
+}
+
+/// The next line of `reader` (lossily decoded, without its end); `None` at the
+/// end of the output or when it cannot be read.
+async fn read_line(
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Option<String> {
+    buffer.clear();
+    match reader.read_until(b'\n', buffer).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => {
+            let line = buffer.strip_suffix(b"\n").unwrap_or(buffer);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            Some(String::from_utf8_lossy(line).into_owned())
+        }
+    }
+}
+
+/// Kills the installer's process group when a build is abandoned (timeout,
+/// abort): what uv started goes with it.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            let _gone_is_fine = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// A digest of what decides the environment. A missing lock is an error: an
@@ -200,6 +239,17 @@ impl Fnv64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_that_are_not_utf8_are_read_and_the_reading_goes_on() {
+        let mut reader = BufReader::new(&b"ok\r\n\xff\xfe bad\nlast"[..]);
+        let mut buffer = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(line) = read_line(&mut reader, &mut buffer).await {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["ok", "\u{fffd}\u{fffd} bad", "last"]);
+    }
 
     #[tokio::test]
     async fn the_key_follows_the_lock_and_a_missing_lock_is_named() {

@@ -271,6 +271,9 @@ impl Manifest {
         if self.start_timeout.is_zero() {
             return Err(invalid("start_timeout", "must be more than 0"));
         }
+        if self.environment_timeout.is_zero() {
+            return Err(invalid("environment_timeout", "must be more than 0"));
+        }
         let durations = [
             ("start_timeout", self.start_timeout),
             ("environment_timeout", self.environment_timeout),
