@@ -198,22 +198,11 @@ fn find_uv() -> Result<PathBuf, String> {
     if let Some(uv) = std::env::var_os("CORRAL_UV") {
         return Ok(PathBuf::from(uv));
     }
-    let beside_binary = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_owned));
-    let path_dirs = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    beside_binary
-        .into_iter()
-        .chain(path_dirs)
-        .map(|dir| dir.join("uv"))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            "uv not found beside the corral binary or on PATH: install it \
-             (`pip install uv`) or point CORRAL_UV at it"
-                .into()
-        })
+    crate::spawn::find_program("uv").ok_or_else(|| {
+        "uv not found beside the corral binary or on PATH: install it \
+         (`pip install uv`) or point CORRAL_UV at it"
+            .into()
+    })
 }
 
 /// FNV-1a, 64 bits: a stable digest for a cache key (not for security).

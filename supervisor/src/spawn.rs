@@ -110,8 +110,8 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 }
 
 /// Resolves a manifest's `command`: absolute as is; with a `/`, relative to the
-/// plugin folder; a bare name is looked up in the plugin folder, beside the
-/// running `corral` binary, then on `PATH`.
+/// plugin folder; a bare name is looked up in the plugin folder, then as
+/// [`find_program`] does.
 pub(crate) fn resolve_program(command: &str, plugin_folder: &Path) -> Result<PathBuf, String> {
     let path = Path::new(command);
     if path.is_absolute() {
@@ -120,21 +120,29 @@ pub(crate) fn resolve_program(command: &str, plugin_folder: &Path) -> Result<Pat
     if command.contains('/') {
         return Ok(plugin_folder.join(path));
     }
+    let in_folder = plugin_folder.join(command);
+    if in_folder.is_file() {
+        return Ok(in_folder);
+    }
+    find_program(command).ok_or_else(|| {
+        format!(
+            "command `{command}` not found in {}, beside the corral binary, or on PATH",
+            plugin_folder.display()
+        )
+    })
+}
+
+/// A program `name` beside the running `corral` binary, else on `PATH`.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let beside_binary = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_owned));
     let path_dirs = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .unwrap_or_default();
-    std::iter::once(plugin_folder.to_owned())
-        .chain(beside_binary)
+    beside_binary
+        .into_iter()
         .chain(path_dirs)
-        .map(|dir| dir.join(command))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            format!(
-                "command `{command}` not found in {}, beside the corral binary, or on PATH",
-                plugin_folder.display()
-            )
-        })
 }

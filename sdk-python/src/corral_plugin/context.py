@@ -9,7 +9,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -274,7 +274,7 @@ def secret_values(request: Any, keys: frozenset[str], step_keys: frozenset[str])
     return sorted(values, key=len, reverse=True)
 
 
-def mask(text: str, secrets: Any) -> str:
+def mask(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret value replaced by ``********``."""
     for secret in secrets:
         text = text.replace(secret, _MASK)

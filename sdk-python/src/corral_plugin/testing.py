@@ -71,9 +71,6 @@ class TaskRun:
     step: Step | None = None
     request: Any = None
 
-    def fail_reason(self) -> str:
-        return self.error or ""
-
 
 class PluginHarness:
     """Serves ``plugin`` on 127.0.0.1 in a thread of its own; :meth:`run` calls it."""

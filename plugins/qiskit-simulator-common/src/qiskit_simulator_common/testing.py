@@ -133,4 +133,4 @@ def check_no_circuit_fails_clearly(corral_harness: Harness, plugin: Plugin) -> N
     """A text that is no circuit fails the task, saying so."""
     run = corral_harness(plugin).run({"circuit": data_url("hello")})
     assert run.status == "FAILURE"
-    assert run.fail_reason().startswith("Not a valid OpenQASM circuit")
+    assert (run.error or "").startswith("Not a valid OpenQASM circuit")
