@@ -11,12 +11,12 @@ macro_rules! say {
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
-use corral_proto::supervisor::v1::{
-    FollowLogsRequest, ListPluginsRequest, PluginRef, PluginStatus, admin_client::AdminClient,
+use corral_proto::{
+    admin::{AdminApi, AdminToken, admin_api},
+    supervisor::v1::{FollowLogsRequest, ListPluginsRequest, PluginRef, PluginStatus},
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 /// Where the servers are and how to talk to them.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,11 @@ pub(crate) struct CtlArgs {
     /// Bearer token for the gateway's admin routes (`tasks`).
     #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the supervisor's admin token (default: admin-token in
+    /// CORRAL_DATA_DIR, else in ./instance); CORRAL_ADMIN_TOKEN gives the
+    /// token itself.
+    #[arg(long, env = "CORRAL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -228,7 +233,21 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn admin(args: &CtlArgs) -> anyhow::Result<AdminClient<Channel>> {
+async fn admin(args: &CtlArgs) -> anyhow::Result<AdminApi> {
+    let path = args.admin_token_file.clone().unwrap_or_else(|| {
+        std::env::var_os("CORRAL_DATA_DIR")
+            .map_or_else(|| "./instance".into(), std::path::PathBuf::from)
+            .join("admin-token")
+    });
+    let token =
+        corral_supervisor::admin_token::from_environment_or(&path, false).map_err(|error| {
+            anyhow!(
+                "cannot read the admin token from {}: {error} (give --admin-token-file, \
+                 or set CORRAL_ADMIN_TOKEN)",
+                path.display()
+            )
+        })?;
+    let token = AdminToken::new(&token).map_err(|error| anyhow!("{error}"))?;
     let endpoint = tonic::transport::Endpoint::from_shared(args.supervisor.clone())
         .with_context(|| format!("invalid supervisor URL `{}`", args.supervisor))?
         .connect_timeout(Duration::from_secs(5));
@@ -239,7 +258,7 @@ async fn admin(args: &CtlArgs) -> anyhow::Result<AdminClient<Channel>> {
             root_cause(&error)
         )
     })?;
-    Ok(AdminClient::new(channel))
+    Ok(admin_api(channel, token))
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use corral_gateway::{AuthConfig, GatewayConfig, RunningGateway};
-use corral_supervisor::{RunningSupervisor, Shutdown, SupervisorConfig};
+use corral_supervisor::{RunningSupervisor, Shutdown, SupervisorConfig, admin_token};
 use tokio_util::sync::CancellationToken;
 
 /// A plugin runner: every plugin its own supervised process, reached over gRPC.
@@ -83,6 +83,11 @@ struct GatewayArgs {
         default_value = "http://127.0.0.1:5006"
     )]
     supervisor: String,
+    /// File holding the supervisor's admin token (default: admin-token in
+    /// --data-dir, where a supervisor with the same data dir writes it);
+    /// CORRAL_ADMIN_TOKEN gives the token itself.
+    #[arg(long, env = "CORRAL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     gateway: GatewayOptions,
 }
@@ -101,14 +106,23 @@ struct GatewayOptions {
     /// How many reverse proxies' X-Forwarded-* headers to trust.
     #[arg(long, env = "REVERSE_PROXY_COUNT", default_value_t = 0)]
     reverse_proxy_count: usize,
-    /// Shared secret of HS256 bearer tokens.
+    /// Shared secret of HS256 bearer tokens, from the environment or the config
+    /// file only: on the command line every local user could read it (`ps`).
     #[arg(
         long,
         env = "CORRAL_JWT_SECRET",
         hide_env_values = true,
-        conflicts_with = "jwt_public_key"
+        conflicts_with_all = ["jwt_public_key", "jwt_secret_file"]
     )]
     jwt_secret: Option<String>,
+    /// File holding the shared secret of HS256 bearer tokens (surrounding
+    /// whitespace is ignored).
+    #[arg(
+        long,
+        env = "CORRAL_JWT_SECRET_FILE",
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret_file: Option<PathBuf>,
     /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key of bearer tokens.
     #[arg(long, env = "CORRAL_JWT_PUBLIC_KEY")]
     jwt_public_key: Option<PathBuf>,
@@ -139,6 +153,13 @@ struct GatewayOptions {
     /// The token role (`roles` claim) that may start, stop and restart plugins.
     #[arg(long, env = "CORRAL_ADMIN_ROLE", default_value = "admin")]
     admin_role: String,
+    /// Most HTTP connections open at once; more wait until one closes.
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// How long a client may take to send a request head; a connection idle
+    /// for this long (or one that never sends a request) is closed.
+    #[arg(long, env = "CORRAL_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: std::time::Duration,
 }
 
 impl GatewayOptions {
@@ -174,6 +195,12 @@ impl GatewayOptions {
         config.max_body_bytes = self.max_body_bytes;
         config.max_output_bytes = self.max_output_bytes;
         config.webhook_retry_for = self.webhook_retry_for;
+        config.limits.max_connections = self.max_connections;
+        config.limits.header_timeout = self.header_timeout;
+        let secret = match &self.jwt_secret_file {
+            Some(path) => Some(read_secret(path, "JWT secret")?),
+            None => self.jwt_secret.clone(),
+        };
         let public_key = match &self.jwt_public_key {
             Some(path) => Some(std::fs::read(path).with_context(|| {
                 format!("failed to read the JWT public key {}", path.display())
@@ -181,7 +208,7 @@ impl GatewayOptions {
             None => None,
         };
         config.auth = AuthConfig::new(
-            self.jwt_secret.as_deref(),
+            secret.as_deref(),
             public_key.as_deref(),
             self.jwt_audience.clone(),
             self.jwt_issuer.clone(),
@@ -209,10 +236,85 @@ struct SupervisorArgs {
     /// container's service name); plugins then listen on every interface.
     #[arg(long, env = "CORRAL_PLUGIN_HOST")]
     plugin_host: Option<String>,
+    /// File holding the token of the Admin API (`authorization: Bearer …`),
+    /// created owner-only with a random token when missing (default:
+    /// admin-token in the data dir, ./instance for `corral supervisor`);
+    /// CORRAL_ADMIN_TOKEN gives the token itself.
+    #[arg(long, env = "CORRAL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl SupervisorArgs {
+    fn config(self, data_dir: &std::path::Path) -> anyhow::Result<SupervisorConfig> {
+        let path = self
+            .admin_token_file
+            .unwrap_or_else(|| data_dir.join(ADMIN_TOKEN_FILE));
+        let admin_token = admin_token::from_environment_or(&path, true)
+            .with_context(|| format!("failed to set up the admin token in {}", path.display()))?;
+        Ok(SupervisorConfig {
+            grpc: self.grpc,
+            plugin_folders: self.plugin_folders,
+            plugin_host: self.plugin_host,
+            admin_token,
+        })
+    }
+}
+
+/// The admin token's file name in the data dir.
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The data dir of a command that has no --data-dir.
+const DEFAULT_DATA_DIR: &str = "./instance";
+
+/// Reads a secret from a file, without its surrounding whitespace.
+fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the {what} from {}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        anyhow::bail!("the {what} file {} is empty", path.display());
+    }
+    Ok(secret.to_owned())
+}
+
+/// Flags whose values every local user could read in the process list.
+const SECRET_FLAGS: &[(&str, &str)] = &[("--jwt-secret", "--jwt-secret-file or CORRAL_JWT_SECRET")];
+
+/// Flags whose values are short-lived credentials: taken, with a warning.
+const WARNED_FLAGS: &[(&str, &str)] = &[("--token", "CORRAL_TOKEN")];
+
+/// A secret given on the command line is refused, with what to use instead; a
+/// short-lived token is taken with a warning.
+fn refuse_secrets_on_argv(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    let given = |arg: &str, flag: &str| {
+        arg.strip_prefix(flag)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    };
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        for (flag, instead) in SECRET_FLAGS {
+            if given(&arg, flag) {
+                anyhow::bail!(
+                    "{flag} on the command line is visible to every local user (ps); use {instead}"
+                );
+            }
+        }
+        for (flag, instead) in WARNED_FLAGS {
+            if given(&arg, flag) {
+                eprintln!(
+                    "corral: warning: {flag} on the command line is visible to every local user (ps); prefer {instead}"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(error) = refuse_secrets_on_argv(&args) {
+        eprintln!("corral: {error}");
+        return ExitCode::FAILURE;
+    }
     let command = match config::apply(Cli::command(), &args) {
         Ok(command) => command,
         Err(error) => {
@@ -317,7 +419,18 @@ async fn envs(args: EnvsArgs) -> anyhow::Result<()> {
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let config = args.gateway.config(args.supervisor)?;
+    let mut config = args.gateway.config(args.supervisor)?;
+    let path = args
+        .admin_token_file
+        .unwrap_or_else(|| args.gateway.data_dir.join(ADMIN_TOKEN_FILE));
+    config.supervisor_token =
+        admin_token::from_environment_or(&path, false).with_context(|| {
+            format!(
+                "failed to read the supervisor's admin token from {} (give the supervisor's \
+             --admin-token-file, or set CORRAL_ADMIN_TOKEN)",
+                path.display()
+            )
+        })?;
     let running = RunningGateway::start(&config)
         .await
         .context("failed to start the gateway")?;
@@ -337,11 +450,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Every setting is checked before anything starts.
     let mut config = args.gateway.config(String::new())?;
-    let supervisor_config = SupervisorConfig {
-        grpc: args.supervisor.grpc,
-        plugin_folders: args.supervisor.plugin_folders,
-        plugin_host: args.supervisor.plugin_host,
-    };
+    let supervisor_config = args.supervisor.config(&args.gateway.data_dir)?;
+    config.supervisor_token = supervisor_config.admin_token.clone();
     let supervisor = RunningSupervisor::start(&supervisor_config)
         .await
         .context("failed to start the supervisor")?;
@@ -377,11 +487,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn supervisor(args: SupervisorArgs) -> anyhow::Result<()> {
-    let config = SupervisorConfig {
-        grpc: args.grpc,
-        plugin_folders: args.plugin_folders,
-        plugin_host: args.plugin_host,
-    };
+    let config = args.config(std::path::Path::new(DEFAULT_DATA_DIR))?;
     let running = RunningSupervisor::start(&config)
         .await
         .context("failed to start the supervisor")?;

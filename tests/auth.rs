@@ -57,7 +57,12 @@ async fn admin_routes_need_the_admin_role_and_refuse_bad_tokens() {
     let database = TestDatabase::new(Db::Sqlite).await;
     let corral = serve(
         &database,
-        &["--jwt-secret", SECRET, "--jwt-audience", "corral"],
+        &[
+            "--jwt-secret-file",
+            &database.secret_file(SECRET),
+            "--jwt-audience",
+            "corral",
+        ],
     )
     .await;
     corral.wait_for_plugins(&[HELLO]).await;

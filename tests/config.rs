@@ -88,6 +88,24 @@ fn wrong_settings_are_named_in_one_line_at_start() {
         ),
         "corral: invalid SQLALCHEMY_DATABASE_URI: `mysql` databases are not supported: give a PostgreSQL or SQLite URL"
     );
+    // A secret on the command line would be in every user's `ps`.
+    for secret in [
+        &["serve", "--jwt-secret", "s3cret"][..],
+        &["gateway", "--jwt-secret=s3cret"],
+    ] {
+        assert_eq!(
+            fails(secret, &[]),
+            "corral: --jwt-secret on the command line is visible to every local user (ps); \
+             use --jwt-secret-file or CORRAL_JWT_SECRET"
+        );
+    }
+    let empty = dir.path().join("empty-secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    assert_eq!(
+        fails(&["serve", "--jwt-secret-file", empty], &[]),
+        format!("corral: the JWT secret file {empty} is empty")
+    );
     assert_eq!(
         fails(&["serve", "--require-auth"], &[]),
         "corral: --require-auth needs a JWT secret or a JWT public key"

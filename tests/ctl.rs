@@ -14,9 +14,12 @@ use serde_json::Value;
 
 const SECRET: &str = "ctl-test-secret-long-enough-for-hs256";
 
+#[derive(Clone)]
 struct Ctl {
     supervisor: String,
     gateway: String,
+    /// The gateway's bearer token, given as CORRAL_TOKEN.
+    token: Option<String>,
 }
 
 impl Ctl {
@@ -31,8 +34,20 @@ impl Ctl {
                 &self.gateway,
             ])
             .args(args)
-            .env_remove("CORRAL_TOKEN");
+            .env_remove("CORRAL_TOKEN")
+            .env("CORRAL_ADMIN_TOKEN", common::ADMIN_TOKEN);
+        if let Some(token) = &self.token {
+            command.env("CORRAL_TOKEN", token);
+        }
         command
+    }
+
+    /// The same with the gateway's bearer token.
+    fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -73,13 +88,18 @@ impl Ctl {
 
 async fn start() -> (TestDatabase, Corral, Ctl) {
     let database = TestDatabase::new(Db::Sqlite).await;
-    let corral = Corral::serve_with(&database, &[&plugins()], &["--jwt-secret", SECRET]);
+    let corral = Corral::serve_with(
+        &database,
+        &[&plugins()],
+        &["--jwt-secret-file", &database.secret_file(SECRET)],
+    );
     corral
         .wait_for_plugins(&["hello-world@v0-2-1", "hello-world-multi-step@v0-2-1"])
         .await;
     let ctl = Ctl {
         supervisor: format!("http://{}", corral.grpc.as_ref().unwrap()),
         gateway: corral.http.clone(),
+        token: None,
     };
     (database, corral, ctl)
 }
@@ -219,7 +239,7 @@ async fn tasks_and_a_task_followed_to_its_end() {
         "corral: the gateway refused the request (401): A bearer token is required."
     );
     let token = common::token(SECRET, &["admin"]);
-    let listed = ctl.ok(&["--token", &token, "tasks"]);
+    let listed = ctl.with_token(&token).ok(&["tasks"]);
     assert!(
         listed.lines().next().unwrap().starts_with("TASK"),
         "{listed}"
@@ -231,7 +251,7 @@ async fn tasks_and_a_task_followed_to_its_end() {
         "{listed}"
     );
     let listed: Value =
-        serde_json::from_str(&ctl.ok(&["--token", &token, "--json", "tasks"])).unwrap();
+        serde_json::from_str(&ctl.with_token(&token).ok(&["--json", "tasks"])).unwrap();
     assert_eq!(listed[0]["id"], task_id);
     assert_eq!(listed[0]["plugin"], "hello-world@v0-2-1");
 
@@ -277,6 +297,7 @@ fn servers_that_are_down_give_one_clear_line() {
     let ctl = Ctl {
         supervisor: "http://127.0.0.1:9".into(),
         gateway: "http://127.0.0.1:9".into(),
+        token: None,
     };
     let line = ctl.fails(&["plugins"]);
     assert!(
@@ -296,23 +317,28 @@ async fn a_refused_token_gives_one_clear_line() {
     let corral = Corral::serve_with(
         &database,
         &[&plugins()],
-        &["--jwt-secret", SECRET, "--require-auth"],
+        &[
+            "--jwt-secret-file",
+            &database.secret_file(SECRET),
+            "--require-auth",
+        ],
     );
     let ctl = Ctl {
         supervisor: format!("http://{}", corral.grpc.as_ref().unwrap()),
         gateway: corral.http.clone(),
+        token: None,
     };
     assert_eq!(
         ctl.fails(&["tasks"]),
         "corral: the gateway refused the request (401): A bearer token is required."
     );
     assert_eq!(
-        ctl.fails(&["--token", "not-a-token", "tasks"]),
+        ctl.with_token("not-a-token").fails(&["tasks"]),
         "corral: the gateway refused the request (401): Invalid token: it cannot be read."
     );
     let token = common::token(SECRET, &[]);
     assert_eq!(
-        ctl.fails(&["--token", &token, "tasks"]),
+        ctl.with_token(&token).fails(&["tasks"]),
         "corral: the gateway refused the request (403): The token lacks the `admin` role."
     );
 }

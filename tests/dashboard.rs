@@ -176,7 +176,11 @@ impl Drop for Driver {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_plugins_and_a_click_restarts_one() {
     let database = TestDatabase::new(Db::Sqlite).await;
-    let corral = Corral::serve_with(&database, &[&plugins()], &["--jwt-secret", SECRET]);
+    let corral = Corral::serve_with(
+        &database,
+        &[&plugins()],
+        &["--jwt-secret-file", &database.secret_file(SECRET)],
+    );
     corral.wait_for_plugins(&["hello-world@v0-2-1"]).await;
     let task_url = corral
         .submit("hello-world@v0-2-1", &[("inputStr", "shown")])

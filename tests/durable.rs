@@ -20,7 +20,7 @@ use common::{
         task_id,
     },
 };
-use corral_proto::supervisor::v1::{PluginRef, PluginState, admin_client::AdminClient};
+use corral_proto::supervisor::v1::{PluginRef, PluginState};
 use serde_json::{Value, json};
 
 on_both_databases!(
@@ -86,8 +86,8 @@ impl System {
         }
     }
 
-    async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
-        AdminClient::connect(self.admin.clone()).await.unwrap()
+    async fn admin(&self) -> corral_proto::admin::AdminApi {
+        common::admin_client(&self.admin).await
     }
 
     /// The plugin's pid now.
@@ -420,7 +420,7 @@ async fn killed_after_the_first_checkpoint(
     .await
     .unwrap();
     let admin = format!("http://{}", system.grpc.as_ref().unwrap());
-    let mut client = AdminClient::connect(admin).await.unwrap();
+    let mut client = common::admin_client(&admin).await;
     let reference = PluginRef {
         plugin: "parts".into(),
     };

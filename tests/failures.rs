@@ -11,7 +11,7 @@ use std::sync::{
 };
 
 use common::{
-    PluginFolders, built,
+    PluginFolders,
     serve::{Corral, Db, TestDatabase},
     versioned_manifest,
 };
@@ -24,13 +24,7 @@ fn serve_with(database: &TestDatabase, folders: &PluginFolders, extra: &[&str]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugins_fail_their_task_and_harm_nothing_else() {
     let folders = PluginFolders::new();
-    folders.add(
-        "rogue",
-        &format!(
-            "command = {:?}\n",
-            built("examples/rogue").display().to_string()
-        ),
-    );
+    folders.add("rogue", &common::rogue_manifest());
     folders.add("echo", &versioned_manifest("echo", "v1.0.0", ""));
     let database = TestDatabase::new(Db::Postgres).await;
     let corral = serve_with(&database, &folders, &["--max-output-bytes", "2097152"]);
@@ -147,11 +141,7 @@ async fn gate() -> Gate {
 }
 
 async fn plugin_pid(corral_grpc: &str, plugin: &str) -> u32 {
-    let mut admin = corral_proto::supervisor::v1::admin_client::AdminClient::connect(format!(
-        "http://{corral_grpc}"
-    ))
-    .await
-    .unwrap();
+    let mut admin = common::admin_client(&format!("http://{corral_grpc}")).await;
     admin
         .get_plugin(corral_proto::supervisor::v1::PluginRef {
             plugin: plugin.into(),

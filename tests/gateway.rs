@@ -791,12 +791,8 @@ async fn metrics_move_when_a_task_runs_and_a_plugin_restarts() {
     let invoked = format!("corral_invoke_latency_seconds_count{{plugin=\"{HELLO}\"}}");
     assert_eq!(after[&invoked], 1.0);
 
-    let mut admin = corral_proto::supervisor::v1::admin_client::AdminClient::connect(format!(
-        "http://{}",
-        corral.grpc.as_ref().unwrap()
-    ))
-    .await
-    .unwrap();
+    let mut admin =
+        common::admin_client(&format!("http://{}", corral.grpc.as_ref().unwrap())).await;
     admin
         .restart_plugin(corral_proto::supervisor::v1::PluginRef {
             plugin: "hello-world".into(),

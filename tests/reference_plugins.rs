@@ -477,8 +477,12 @@ async fn grpcurl_lists_and_calls_through_reflection() {
             "grpc.reflection.v1alpha.ServerReflection",
         ]
     );
+    // The Admin API with the admin token, as the README shows.
+    let authorization = format!("authorization: Bearer {}", common::ADMIN_TOKEN);
     let listed = grpcurl(&[
         "-plaintext",
+        "-H",
+        &authorization,
         &supervisor.address,
         "corral.supervisor.v1.Admin/ListPlugins",
     ]);

@@ -71,12 +71,8 @@ async fn sigterm_fails_running_calls_past_the_grace_and_leaves_waiting_tasks_wai
         .submit("gated@v1-0-0", &[("gate", &gate.url), ("text", "too late")])
         .await;
     gate.arrived().await;
-    let mut admin = corral_proto::supervisor::v1::admin_client::AdminClient::connect(format!(
-        "http://{}",
-        corral.grpc.as_ref().unwrap()
-    ))
-    .await
-    .unwrap();
+    let mut admin =
+        common::admin_client(&format!("http://{}", corral.grpc.as_ref().unwrap())).await;
     let pids: Vec<u32> = admin
         .list_plugins(corral_proto::supervisor::v1::ListPluginsRequest {})
         .await

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use corral_proto::supervisor::v1::{
-    PluginRef, PluginState, PluginStatus, WatchPluginsRequest, admin_client::AdminClient,
+use corral_proto::{
+    admin::AdminApi,
+    supervisor::v1::{PluginRef, PluginState, PluginStatus, WatchPluginsRequest},
 };
-use tonic::{Streaming, transport::Channel};
+use tonic::Streaming;
 
 use crate::{procs::Supervisor, stats::Latencies};
 
@@ -32,7 +33,7 @@ pub async fn measure(supervisor: &Supervisor, plugin: &str, runs: usize) -> Resu
     Ok(result)
 }
 
-async fn watch(admin: &mut AdminClient<Channel>) -> Result<Streaming<PluginStatus>> {
+async fn watch(admin: &mut AdminApi) -> Result<Streaming<PluginStatus>> {
     Ok(admin
         .watch_plugins(WatchPluginsRequest {})
         .await?
@@ -61,7 +62,7 @@ async fn ready(
     }
 }
 
-async fn start_to_ready(admin: &mut AdminClient<Channel>, plugin: &str) -> Result<Duration> {
+async fn start_to_ready(admin: &mut AdminApi, plugin: &str) -> Result<Duration> {
     let reference = || PluginRef {
         plugin: plugin.into(),
     };
@@ -73,7 +74,7 @@ async fn start_to_ready(admin: &mut AdminClient<Channel>, plugin: &str) -> Resul
     Ok(started.elapsed())
 }
 
-async fn kill_to_ready(admin: &mut AdminClient<Channel>, plugin: &str) -> Result<Duration> {
+async fn kill_to_ready(admin: &mut AdminApi, plugin: &str) -> Result<Duration> {
     let mut watch = watch(admin).await?;
     let before = ready(&mut watch, plugin, 0).await?;
     let started = Instant::now();

@@ -12,10 +12,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+use corral_proto::admin::{AdminApi, AdminToken, admin_api};
 use corral_proto::supervisor::v1::{
-    ListPluginsRequest, PluginState, PluginStatus, WatchPluginsRequest, admin_client::AdminClient,
+    ListPluginsRequest, PluginState, PluginStatus, WatchPluginsRequest,
 };
-use tonic::transport::Channel;
 
 /// How long a process may take to print its address or a plugin to get ready.
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -127,6 +127,7 @@ impl Process {
         let logs = tempfile::NamedTempFile::new()?;
         let mut child = Command::new(built("corral")?)
             .args(args)
+            .env("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())
             .stderr(logs.reopen()?)
             .spawn()
@@ -217,6 +218,9 @@ pub fn proc_status_bytes(pid: u32, key: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
 }
 
+/// The Admin API token of the processes the benchmarks start.
+const ADMIN_TOKEN: &str = "bench-admin-token";
+
 /// A running `corral supervisor`.
 pub struct Supervisor {
     pub process: Process,
@@ -240,8 +244,11 @@ impl Supervisor {
         format!("http://{}", self.process.address)
     }
 
-    pub async fn admin(&self) -> Result<AdminClient<Channel>> {
-        Ok(AdminClient::connect(self.url()).await?)
+    pub async fn admin(&self) -> Result<AdminApi> {
+        let channel = tonic::transport::Endpoint::from_shared(self.url())?
+            .connect()
+            .await?;
+        Ok(admin_api(channel, AdminToken::new(ADMIN_TOKEN)?))
     }
 
     /// Waits until every one of `count` plugins is ready.

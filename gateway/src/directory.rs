@@ -4,8 +4,9 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use corral_proto::{
+    admin::{AdminApi, AdminToken, admin_api},
     plugin::v1::{PluginMetadata, plugin_client::PluginClient},
-    supervisor::v1::{PluginState, PluginStatus, WatchPluginsRequest, admin_client::AdminClient},
+    supervisor::v1::{PluginState, PluginStatus, WatchPluginsRequest},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub struct PluginTable {
     exit_reasons: HashMap<String, String>,
     /// Every plugin the supervisor knows, ready or not.
     all: Vec<PluginSummary>,
+    /// Whether the supervisor's plugin list is being followed.
+    connected: bool,
 }
 
 /// A plugin as the supervisor last reported it.
@@ -75,6 +78,11 @@ impl PluginTable {
                 .then_with(|| compare_versions(&a.metadata.version, &b.metadata.version))
         });
         plugins
+    }
+
+    /// Whether the supervisor is reachable (its plugin list is followed).
+    pub fn connected(&self) -> bool {
+        self.connected
     }
 
     /// Every plugin the supervisor knows, sorted by folder.
@@ -117,6 +125,26 @@ pub fn state_name(state: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// How the gateway reaches its supervisor's Admin API: the URL and the token.
+#[derive(Debug, Clone)]
+pub struct SupervisorLink {
+    /// The supervisor's gRPC URL, e.g. `http://127.0.0.1:5006`.
+    pub url: String,
+    /// The Admin API's token.
+    pub token: AdminToken,
+}
+
+impl SupervisorLink {
+    /// A client of the Admin API, connected.
+    pub async fn admin(&self) -> Result<AdminApi, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(self.url.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(admin_api(channel, self.token.clone()))
+    }
+}
+
 /// A handle on the live plugin table.
 #[derive(Debug, Clone)]
 pub struct Directory {
@@ -126,7 +154,7 @@ pub struct Directory {
 impl Directory {
     /// Follows the supervisor at `supervisor_url` until `stop`, reconnecting
     /// when the stream breaks. Plugins are absent until the first list arrives.
-    pub fn follow(supervisor_url: String, stop: CancellationToken) -> Self {
+    pub fn follow(supervisor: SupervisorLink, stop: CancellationToken) -> Self {
         let (sender, table) = watch::channel(Arc::new(PluginTable::default()));
         tokio::spawn(async move {
             let mut statuses: HashMap<String, PluginStatus> = HashMap::new();
@@ -135,12 +163,12 @@ impl Directory {
             loop {
                 let followed = tokio::select! {
                     () = stop.cancelled() => return,
-                    result = watch_once(&supervisor_url, &mut statuses, &mut channels, &sender) => result,
+                    result = watch_once(&supervisor, &mut statuses, &mut channels, &sender) => result,
                 };
                 match followed {
                     Ok(()) => retry_delay = Duration::from_millis(50),
                     Err(error) => tracing::warn!(
-                        supervisor = %supervisor_url,
+                        supervisor = %supervisor.url,
                         %error,
                         "plugin list unavailable; retrying"
                     ),
@@ -171,19 +199,21 @@ impl Directory {
 }
 
 async fn watch_once(
-    supervisor_url: &str,
+    supervisor: &SupervisorLink,
     statuses: &mut HashMap<String, PluginStatus>,
     channels: &mut HashMap<String, Channel>,
     sender: &watch::Sender<Arc<PluginTable>>,
 ) -> Result<(), tonic::Status> {
-    let mut admin = AdminClient::connect(supervisor_url.to_owned())
+    let mut admin = supervisor
+        .admin()
         .await
         .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
     let mut stream = admin
         .watch_plugins(WatchPluginsRequest {})
         .await?
         .into_inner();
-    tracing::info!(supervisor = %supervisor_url, "following the plugin list");
+    tracing::info!(supervisor = %supervisor.url, "following the plugin list");
+    sender.send_replace(Arc::new(build_table(statuses, channels)));
     while let Some(status) = stream.message().await? {
         statuses.insert(status.plugin.clone(), status);
         sender.send_replace(Arc::new(build_table(statuses, channels)));
@@ -206,6 +236,7 @@ fn build_table(
     all.sort_by(|a, b| a.folder.cmp(&b.folder));
     let mut table = PluginTable {
         all,
+        connected: true,
         ..PluginTable::default()
     };
     for status in statuses.values() {

@@ -90,6 +90,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "database unavailable");
+            return Self::Unavailable("The database is unavailable; try again shortly.".into());
+        }
         Self::Internal(Box::new(error))
     }
 }

@@ -28,8 +28,13 @@ pub(crate) fn validate(
             .get(&field.field)
             .map(String::as_str)
             .filter(|value| !value.is_empty());
-        let Some(value) = given.or(field.default.as_deref().filter(|value| !value.is_empty()))
-        else {
+        // A default prefills the form; a required field must still be sent
+        // (as the old runner's schemas required it), an optional one takes it.
+        let default = field
+            .default
+            .as_deref()
+            .filter(|value| !value.is_empty() && !field.required);
+        let Some(value) = given.or(default) else {
             if field.required {
                 errors.insert(
                     field.field.clone(),

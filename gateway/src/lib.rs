@@ -19,6 +19,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod runner;
+mod server;
 mod state;
 pub mod store;
 mod ui;
@@ -28,15 +29,15 @@ mod webhooks;
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError};
 pub use error::ApiError;
+pub use server::ConnectionLimits;
 pub use state::GatewayConfig;
 
 use crate::{
-    directory::Directory,
+    directory::{Directory, SupervisorLink},
     files::LocalFileStore,
     live::LiveEvents,
     runner::Runner,
@@ -47,6 +48,9 @@ use crate::{
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The supervisor's admin token cannot be used.
+    #[error("invalid supervisor admin token")]
+    AdminToken(#[source] corral_proto::admin::InvalidToken),
     /// The database could not be opened or migrated.
     #[error("failed to open the database")]
     Store(#[from] store::StoreError),
@@ -64,6 +68,7 @@ pub enum GatewayError {
 /// A gateway whose port is bound and whose database is ready.
 pub struct RunningGateway {
     listener: tokio::net::TcpListener,
+    limits: ConnectionLimits,
     state: AppState,
     shutdown: CancellationToken,
 }
@@ -99,7 +104,12 @@ impl RunningGateway {
                 what: "failed to set up the webhook client".into(),
                 source: std::io::Error::other(error),
             })?;
-        let directory = Directory::follow(config.supervisor_url.clone(), shutdown.clone());
+        let supervisor = SupervisorLink {
+            url: config.supervisor_url.clone(),
+            token: corral_proto::admin::AdminToken::new(&config.supervisor_token)
+                .map_err(GatewayError::AdminToken)?,
+        };
+        let directory = Directory::follow(supervisor.clone(), shutdown.clone());
         let runner = Runner {
             store: store.clone(),
             files: Arc::new(files),
@@ -118,7 +128,7 @@ impl RunningGateway {
             title: config.title.clone(),
             max_body_bytes: config.max_body_bytes,
             internal_url: format!("http://{}", loopback(local_addr)),
-            supervisor_url: config.supervisor_url.clone(),
+            supervisor,
         };
         let state = AppState {
             config: Arc::new(settings),
@@ -133,6 +143,7 @@ impl RunningGateway {
         }
         Ok(Self {
             listener,
+            limits: config.limits.clone(),
             state,
             shutdown,
         })
@@ -165,23 +176,13 @@ impl RunningGateway {
             runner.wind_down(grace, &immediate).await;
             shutdown.cancel();
         });
-        // Small writes (an SSE event, a short reply) go out at once: without
-        // TCP_NODELAY, Nagle's algorithm and the client's delayed ACK hold the
-        // second write of a response for 40 ms.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "failed to set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, router.into_make_service())
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future();
+        let served = server::serve(self.listener, router, &self.limits, stop.clone());
         tokio::pin!(served);
-        let served = tokio::select! {
-            served = &mut served => served,
-            () = async { stop.cancelled().await; tokio::time::sleep(grace + DRAIN).await } => Ok(()),
-            () = async { immediate_drain.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
-        };
+        tokio::select! {
+            () = &mut served => {}
+            () = async { stop.cancelled().await; tokio::time::sleep(grace + DRAIN).await } => {}
+            () = async { immediate_drain.cancelled().await; tokio::time::sleep(DRAIN).await } => {}
+        }
         // The plugins (stopped after this returns) are needed until every task ended.
         // (A server that failed on its own winds down the same way.)
         stop.cancel();
@@ -189,10 +190,7 @@ impl RunningGateway {
             tracing::error!(%error, "shutdown of running tasks failed");
         }
         self.shutdown.cancel();
-        served.map_err(|source| GatewayError::Io {
-            what: "the HTTP server failed".into(),
-            source,
-        })
+        Ok(())
     }
 }
 

@@ -33,12 +33,15 @@ use crate::{error, routes, views};
         routes::admin::list,
         routes::admin::act,
         routes::admin::tasks,
+        routes::health::health,
+        routes::health::ready,
     ),
     components(schemas(
         views::Root, views::PluginList, views::PluginEntry, views::PluginMetadata,
         views::EntryPoint, views::PluginDependency, views::DataInput, views::DataOutput,
         views::Link, views::TaskStatus, views::Progress, views::Step, views::Output,
         error::ErrorBody, error::ValidationErrorBody, error::SubscribeRequest, error::FormValues,
+        routes::health::Health, routes::health::Readiness,
     )),
     modifiers(&BearerScheme),
 )]

@@ -426,7 +426,10 @@ impl Runner {
     /// Counts one more run of the job's call, which continues from the last
     /// state the task saved. `None`: the task has ended meanwhile.
     async fn begin_attempt(&self, job: &mut Job) -> Result<Option<u32>, StoreError> {
-        let Some(attempt) = self.store.begin_attempt(&job.task_id).await? else {
+        let Some(attempt) = self
+            .durably(|| self.store.begin_attempt(&job.task_id))
+            .await?
+        else {
             return Ok(None);
         };
         for key in &attempt.dropped_files {
@@ -458,7 +461,7 @@ impl Runner {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Some(count) = self.store.write(task_id, &batch).await? {
+        if let Some(count) = self.durably(|| self.store.write(task_id, &batch)).await? {
             self.publish(task_id, numbered(events, count));
         }
         Ok(())
@@ -604,8 +607,10 @@ impl Runner {
         };
         let form = crate::ui::encode_form(form);
         let stored = self
-            .store
-            .wait_for_step(&job.task_id, step_id, &form, &batch, notices)
+            .durably(|| {
+                self.store
+                    .wait_for_step(&job.task_id, step_id, &form, &batch, notices)
+            })
             .await?;
         if let Some(count) = stored {
             tracing::info!(task = %job.task_id, step = step_id, "task waits for a step");
@@ -655,7 +660,10 @@ impl Runner {
                 WebhookEvent::Details.as_str(),
             ],
         };
-        let Some(record) = self.store.finish(task_id, status, &batch, notices).await? else {
+        let Some(record) = self
+            .durably(|| self.store.finish(task_id, status, &batch, notices))
+            .await?
+        else {
             return Ok(());
         };
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
@@ -710,6 +718,31 @@ impl Runner {
             status.message(),
             status.code()
         ))
+    }
+
+    /// Runs a write of a task's progress until the database takes it: while it
+    /// is unavailable the write is tried again, with backoff, until it is back
+    /// or the gateway shuts down (the task then stays `PENDING` for the next
+    /// start). Meanwhile the plugin's stream waits: gRPC flow control holds it.
+    async fn durably<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match write().await {
+                Err(error) if error.is_unavailable() && !self.shutdown.is_cancelled() => {
+                    tracing::warn!(%error, retry_in = ?delay, "the database is unavailable; holding the task's progress");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.cancelled() => return Err(error),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                written => return written,
+            }
+        }
     }
 
     async fn wait_until_ready(&self, plugin: &str, limit: Duration) -> Option<Arc<LivePlugin>> {

@@ -11,6 +11,8 @@ pub struct GatewayConfig {
     pub http: SocketAddr,
     /// The supervisor's gRPC URL, e.g. `http://127.0.0.1:5006`.
     pub supervisor_url: String,
+    /// The token of the supervisor's Admin API.
+    pub supervisor_token: String,
     /// `postgres://…` or `sqlite:…`.
     pub database_url: String,
     /// Holds output files and uploads (`<data_dir>/files`).
@@ -27,6 +29,8 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     /// How long a webhook notice is retried before it is given up.
     pub webhook_retry_for: std::time::Duration,
+    /// Connection cap and timeouts of the HTTP server.
+    pub limits: crate::ConnectionLimits,
 }
 
 impl GatewayConfig {
@@ -40,6 +44,7 @@ impl GatewayConfig {
         Self {
             http,
             supervisor_url,
+            supervisor_token: String::new(),
             database_url,
             data_dir,
             trusted_proxies: 0,
@@ -48,6 +53,7 @@ impl GatewayConfig {
             max_output_bytes: 8 * 1024 * 1024 * 1024,
             auth: AuthConfig::default(),
             webhook_retry_for: std::time::Duration::from_secs(60 * 60),
+            limits: crate::ConnectionLimits::default(),
         }
     }
 }
@@ -62,8 +68,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// Base URL plugins use to read uploaded input files.
     pub(crate) internal_url: String,
-    /// The supervisor's gRPC URL, for the admin routes.
-    pub(crate) supervisor_url: String,
+    /// The supervisor, for the admin routes.
+    pub(crate) supervisor: crate::directory::SupervisorLink,
 }
 
 /// What every handler gets.

@@ -357,6 +357,71 @@ pub enum StoreError {
     /// The URL names a database we do not support.
     #[error("unsupported database URL `{0}`: expected postgres://… or sqlite:…")]
     UnsupportedUrl(String),
+    /// The database did not answer a read in time (a cut or stalled link).
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+}
+
+impl StoreError {
+    /// Whether the database is down, unreachable, restarting or too slow: the
+    /// request may succeed later (a 503), as opposed to a query that is wrong.
+    pub fn is_unavailable(&self) -> bool {
+        let error = match self {
+            Self::Database(error) => error,
+            Self::TimedOut(_) => return true,
+            Self::Migrate(_) | Self::UnsupportedUrl(_) => return false,
+        };
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            // PostgreSQL: 08 connection exceptions, 57P01–57P05 (shut down,
+            // crashed, cannot connect now, idle timeout), 57014 (statement
+            // timeout), 53300 (too many connections). SQLite: 5 (busy), 6 (locked).
+            sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || matches!(&*code, "57014" | "53300" | "5" | "6")
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// How long a request waits for a pooled connection before it is answered 503:
+/// an outage shows within about this long, never as a hang.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The longest a PostgreSQL statement may run (every query here is short).
+const STATEMENT_TIMEOUT: &str = "SET statement_timeout = 5000";
+
+/// How long a read may take: a link that was cut without a reset (or a stalled
+/// server) answers 503 after this, not after TCP's own timeouts.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs a read within [`READ_TIMEOUT`], once more when its connection turned
+/// out to be broken (the database restarted since it was pooled): a read
+/// changes nothing, so trying it again is safe.
+async fn read_retrying<T, F, Fut>(read: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let bounded = || async {
+        tokio::time::timeout(READ_TIMEOUT, read())
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(READ_TIMEOUT)))
+    };
+    match bounded().await {
+        Err(error) if error.is_unavailable() && !matches!(error, StoreError::TimedOut(_)) => {
+            tracing::debug!(%error, "a read failed on its connection; trying once more");
+            bounded().await
+        }
+        other => other,
+    }
 }
 
 /// The task store: a connection pool over PostgreSQL or SQLite, and a bounded
@@ -409,9 +474,18 @@ impl Store {
         }
         let mut options = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 16 })
-            // No ping before each use: a broken connection fails its query, which
-            // the caller sees as any other database error.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // No ping before each use: a broken connection fails its query (a
+            // read is tried once more, see `read_retrying`).
             .test_before_acquire(false);
+        if !sqlite {
+            options = options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(STATEMENT_TIMEOUT).execute(connection).await?;
+                    Ok(())
+                })
+            });
+        }
         if sqlite {
             options = options.after_connect(|connection, _| {
                 Box::pin(async move {
@@ -437,6 +511,15 @@ impl Store {
                 RecordWeight,
             )),
         })
+    }
+
+    /// Whether the database answers (for readiness checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        read_retrying(|| async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Inserts a new `PENDING` task, its first attempt counted, and attaches the
@@ -496,6 +579,10 @@ impl Store {
         if let Some(task) = self.finished.get(id) {
             return Ok(Some(task));
         }
+        read_retrying(|| self.read_task(id)).await
+    }
+
+    async fn read_task(&self, id: &str) -> Result<Option<Arc<TaskRecord>>, StoreError> {
         // The row and its steps in one query (a row per step; a task has few);
         // outputs only show once the task has finished (the contract's
         // `outputs` is `[]` before), so only then.
@@ -834,10 +921,14 @@ impl Store {
         id: &str,
         after: u64,
     ) -> Result<Option<(Vec<String>, bool)>, StoreError> {
-        let row = sqlx::query("SELECT events, status FROM tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = read_retrying(|| async {
+            let row = sqlx::query("SELECT events, status FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row)
+        })
+        .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -939,12 +1030,16 @@ impl Store {
 
     /// A stored file by its public id, with its bytes if they are inline.
     pub async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, secret, task_id, kind, position, name, data_type, content_type, size, \
-             storage_key, content FROM files WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
+        let row = read_retrying(|| async {
+            let row = sqlx::query(
+                "SELECT id, secret, task_id, kind, position, name, data_type, content_type, \
+                 size, storage_key, content FROM files WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row)
+        })
         .await?;
         let Some(row) = row else {
             return Ok(None);

@@ -25,6 +25,8 @@ pub use bytes;
 /// The largest chunk of an output file a plugin may send in one event.
 pub const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 
+pub mod admin;
+
 /// `corral.plugin.*`
 pub mod plugin {
     /// `corral.plugin.v1`: the service every plugin serves.

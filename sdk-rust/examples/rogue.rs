@@ -4,8 +4,10 @@
 //!
 //! Modes: `chunk-first` (output bytes outside an output), `empty` (an event with
 //! nothing in it), `huge` (one 3 MiB message), `no-result` (the stream ends
-//! without a result), `big-output` (`size` bytes in 1 MiB chunks), anything
-//! else: a well-behaved success.
+//! without a result), `big-output` (`size` bytes in 1 MiB chunks), `admin`
+//! (calls the supervisor's Admin API to stop plugin `target`, with no token),
+//! `read` (tries to read each of the comma-separated `paths`, file or folder),
+//! each logging what happened; anything else: a well-behaved success.
 
 use std::{net::SocketAddr, pin::Pin};
 
@@ -36,6 +38,16 @@ fn metadata() -> pb::PluginMetadata {
                 kind: pb::FieldKind::Integer.into(),
                 ..Default::default()
             },
+            pb::FormField {
+                field: "target".into(),
+                kind: pb::FieldKind::Text.into(),
+                ..Default::default()
+            },
+            pb::FormField {
+                field: "paths".into(),
+                kind: pb::FieldKind::Text.into(),
+                ..Default::default()
+            },
         ],
         ..Default::default()
     }
@@ -43,6 +55,43 @@ fn metadata() -> pb::PluginMetadata {
 
 fn event(event: Event) -> Result<pb::InvokeEvent, Status> {
     Ok(pb::InvokeEvent { event: Some(event) })
+}
+
+fn log(text: String) -> Result<pb::InvokeEvent, Status> {
+    event(Event::Log(pb::LogLine { text }))
+}
+
+/// Asks the supervisor that registered this plugin to stop `target`, as any
+/// local process could try; returns the gRPC code it answered.
+async fn stop_plugin(target: String) -> String {
+    let Ok(registry) = std::env::var("CORRAL_REGISTRY") else {
+        return "no CORRAL_REGISTRY".into();
+    };
+    let mut admin =
+        match corral_proto::supervisor::v1::admin_client::AdminClient::connect(registry).await {
+            Ok(admin) => admin,
+            Err(error) => return format!("unreachable: {error}"),
+        };
+    match admin
+        .stop_plugin(corral_proto::supervisor::v1::PluginRef { plugin: target })
+        .await
+    {
+        Ok(_) => "Ok".into(),
+        Err(status) => format!("{:?}", status.code()),
+    }
+}
+
+/// `read <path>: <n> bytes|entries`, or `refused <path>: <error>`.
+fn try_read(path: &str) -> String {
+    let read = if std::path::Path::new(path).is_dir() {
+        std::fs::read_dir(path).map(|entries| format!("{} entries", entries.count()))
+    } else {
+        std::fs::read(path).map(|bytes| format!("{} bytes", bytes.len()))
+    };
+    match read {
+        Ok(what) => format!("read {path}: {what}"),
+        Err(error) => format!("refused {path}: {error}"),
+    }
 }
 
 struct Rogue;
@@ -81,6 +130,21 @@ impl Plugin for Rogue {
             "empty" => vec![Ok(pb::InvokeEvent { event: None })],
             "huge" => vec![begin(), chunk(3 * 1024 * 1024)],
             "no-result" => vec![event(Event::Log(pb::LogLine { text: "bye".into() }))],
+            "admin" => {
+                let target = inputs.get("target").cloned().unwrap_or_default();
+                let text = format!("admin: {}", stop_plugin(target).await);
+                vec![log(text), event(Event::Result(pb::TaskResult {}))]
+            }
+            "read" => {
+                let paths = inputs.get("paths").cloned().unwrap_or_default();
+                let mut events: Vec<_> = paths
+                    .split(',')
+                    .filter(|path| !path.is_empty())
+                    .map(|path| log(try_read(path)))
+                    .collect();
+                events.push(event(Event::Result(pb::TaskResult {})));
+                events
+            }
             "big-output" => {
                 let size: usize = inputs
                     .get("size")

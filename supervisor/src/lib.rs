@@ -3,10 +3,12 @@
 //! keeps its logs, and serves the registry and admin gRPC APIs.
 //!
 //! - [`manifest`]: `plugin.toml`, found in the plugin folders.
+//! - [`admin_token`]: the Admin API's token, from the environment or a file.
 //! - `lifecycle`: the task that owns one plugin (see `lifecycle.md`).
 //! - `spawn`: the one audited place that creates and signals processes.
 //! - [`Supervisor`]: the set of plugin tasks; [`RunningSupervisor`]: its gRPC server.
 
+pub mod admin_token;
 mod backoff;
 mod convert;
 pub mod environment;

@@ -1097,10 +1097,41 @@ fn validate_metadata(metadata: &PluginMetadata) -> Result<(), String> {
             metadata.version
         ));
     }
+    // The QHAna plugin registry reads versions as PEP 440 and, on one it cannot
+    // read, skips the rest of the runner's plugins: such a plugin is refused here.
+    if !is_pep440(&metadata.version) {
+        return Err(format!(
+            "version `{}` cannot be read by the QHAna plugin registry (PEP 440): use a \
+             pre-release such as v1.2.3-rc.1, v1.2.3-alpha.2 or v1.2.3-dev.4",
+            metadata.version
+        ));
+    }
     Ok(())
 }
 
-fn random_token() -> String {
+/// Whether `version` is a version PEP 440 accepts (its permissive form, as
+/// Python's `packaging.version.Version` parses it).
+fn is_pep440(version: &str) -> bool {
+    static PEP440: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?ix)^\s*v?
+            (?:[0-9]+!)?
+            [0-9]+(?:\.[0-9]+)*
+            (?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?
+            (?:-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*)?
+            (?:[-_.]?dev[-_.]?[0-9]*)?
+            (?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?
+            \s*$",
+        )
+        .ok()
+    });
+    PEP440
+        .as_ref()
+        .is_some_and(|pattern| pattern.is_match(version))
+}
+
+/// 32 random bytes in hex.
+pub(crate) fn random_token() -> String {
     use std::fmt::Write;
     let bytes: [u8; 32] = rand::random();
     bytes
@@ -1114,6 +1145,40 @@ fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_the_qhana_registry_cannot_read_are_refused() {
+        for good in [
+            "v0.2.1",
+            "1.0.0",
+            "v1.0.0-rc.1",
+            "v1.0.0-alpha",
+            "v1.0.0-beta.2",
+            "1.0.0-dev.3",
+            "v2.0.0+build.5",
+            "v1.0.0-rc1",
+        ] {
+            assert!(is_pep440(good), "{good} should be accepted");
+        }
+        for bad in [
+            "v1.0.0-x.7.z.92",
+            "1.0.0-foo",
+            "v1.0.0-rc.1.2",
+            "latest",
+            "",
+        ] {
+            assert!(!is_pep440(bad), "{bad} should be refused");
+        }
+        let mut metadata = PluginMetadata {
+            name: "demo".into(),
+            version: "v1.0.0-x.7.z.92".into(),
+            ..PluginMetadata::default()
+        };
+        let refused = validate_metadata(&metadata).expect_err("refused");
+        assert!(refused.contains("QHAna plugin registry"), "{refused}");
+        metadata.version = "v1.0.0-rc.1".into();
+        assert_eq!(validate_metadata(&metadata), Ok(()));
+    }
 
     #[test]
     fn metadata_needs_a_name_and_a_semantic_version() {

@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use corral_proto::supervisor::v1::{admin_server::AdminServer, registry_server::RegistryServer};
+use corral_proto::{
+    admin::RequireAdminToken,
+    supervisor::v1::{admin_server::AdminServer, registry_server::RegistryServer},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
@@ -18,6 +21,8 @@ pub struct SupervisorConfig {
     /// The host name a gateway on another machine reaches plugins by; plugins
     /// then listen on every interface. `None`: loopback only.
     pub plugin_host: Option<String>,
+    /// The token every Admin API call must carry (`authorization: Bearer …`).
+    pub admin_token: String,
 }
 
 /// Why the supervisor could not run.
@@ -44,6 +49,9 @@ pub enum ServeError {
     /// The gRPC server task panicked.
     #[error("the gRPC server panicked: {0}")]
     Panicked(String),
+    /// The admin token cannot be used.
+    #[error("invalid admin token")]
+    AdminToken(#[source] corral_proto::admin::InvalidToken),
 }
 
 /// How long open connections may take to close after a shutdown request.
@@ -64,11 +72,14 @@ pub struct RunningSupervisor {
     local_addr: SocketAddr,
     incoming: TcpIncoming,
     supervisor: Arc<Supervisor>,
+    admin_check: RequireAdminToken,
 }
 
 impl RunningSupervisor {
     /// Binds `config.grpc` and starts every plugin found in the plugin folders.
     pub async fn start(config: &SupervisorConfig) -> Result<Self, ServeError> {
+        let admin_check =
+            RequireAdminToken::new(&config.admin_token).map_err(ServeError::AdminToken)?;
         let listener = tokio::net::TcpListener::bind(config.grpc)
             .await
             .map_err(|source| ServeError::Bind {
@@ -89,6 +100,7 @@ impl RunningSupervisor {
             local_addr,
             incoming,
             supervisor,
+            admin_check,
         })
     }
 
@@ -130,7 +142,7 @@ impl RunningSupervisor {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(RegistryServer::new(service.clone()))
-                .add_service(AdminServer::new(service))
+                .add_service(AdminServer::with_interceptor(service, self.admin_check))
                 .serve_with_incoming_shutdown(self.incoming, graceful.clone().cancelled_owned()),
         );
         let served = tokio::select! {

@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corral_proto::supervisor::v1::{
-    PluginRef, PluginState, PluginStatus, WatchPluginsRequest, admin_client::AdminClient,
+use corral_proto::{
+    admin::{AdminApi, AdminToken, admin_api},
+    supervisor::v1::{PluginRef, PluginState, PluginStatus, WatchPluginsRequest},
 };
-use tonic::transport::Channel;
 
 pub mod serve;
 
@@ -35,6 +35,19 @@ macro_rules! on_both_databases {
 
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The Admin API token of every `corral` the tests start (CORRAL_ADMIN_TOKEN).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A client of the Admin API at `url` with the tests' admin token.
+pub async fn admin_client(url: &str) -> AdminApi {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    admin_api(channel, AdminToken::new(ADMIN_TOKEN).unwrap())
+}
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -154,6 +167,14 @@ impl PluginFolders {
     }
 }
 
+/// A manifest running the `rogue` example plugin (`rogue@v1-0-0`).
+pub fn rogue_manifest() -> String {
+    format!(
+        "command = {:?}\n",
+        built("examples/rogue").display().to_string()
+    )
+}
+
 /// A manifest running the `versioned` example plugin as `name` at `version`.
 pub fn versioned_manifest(name: &str, version: &str, extra: &str) -> String {
     format!(
@@ -198,6 +219,7 @@ impl Supervisor {
             .args(["supervisor", "--grpc", address, "--plugin-folders"])
             .arg(&joined)
             .args(flags)
+            .env("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -236,8 +258,8 @@ impl Supervisor {
         format!("http://{}", self.address)
     }
 
-    pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::connect(self.url()).await.unwrap()
+    pub async fn admin(&self) -> AdminApi {
+        admin_client(&self.url()).await
     }
 
     /// What the supervisor logged so far.
@@ -339,7 +361,7 @@ pub async fn watch_until(
     what: &str,
     done: impl Fn(&PluginStatus) -> bool,
 ) -> PluginStatus {
-    let mut admin = AdminClient::connect(url.to_owned()).await.unwrap();
+    let mut admin = admin_client(url).await;
     let mut stream = admin
         .watch_plugins(WatchPluginsRequest {})
         .await

@@ -45,6 +45,13 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// Writes `secret` to a file in the data directory, for `--jwt-secret-file`.
+    pub fn secret_file(&self, secret: &str) -> String {
+        let path = self.data_dir.path().join("jwt-secret");
+        std::fs::write(&path, secret).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
     /// A connection of the test's own to its database.
     pub async fn connect(&self) -> sqlx::AnyConnection {
         use sqlx::Connection;
@@ -154,7 +161,8 @@ pub fn serve_command(data_dir: &Path, plugin_folders: &[&Path]) -> Command {
         ])
         .arg(data_dir)
         .arg("--plugin-folders")
-        .arg(std::env::join_paths(plugin_folders).unwrap());
+        .arg(std::env::join_paths(plugin_folders).unwrap())
+        .env("CORRAL_ADMIN_TOKEN", super::ADMIN_TOKEN);
     command
 }
 
@@ -198,7 +206,8 @@ impl Corral {
                 supervisor_url,
                 "--data-dir",
             ])
-            .arg(database.data_dir.path());
+            .arg(database.data_dir.path())
+            .env("CORRAL_ADMIN_TOKEN", super::ADMIN_TOKEN);
         if let Some(url) = &database.url {
             command.args(["--database-url", url]);
         }

@@ -5,19 +5,22 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use corral_proto::supervisor::v1::{
-    ListPluginsRequest, PluginRef, PluginStatus, admin_client::AdminClient,
+use corral_proto::{
+    admin::AdminApi,
+    supervisor::v1::{ListPluginsRequest, PluginRef, PluginStatus},
 };
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::{
     error::{ApiError, ErrorBody},
     state::AppState,
 };
 
-async fn admin(state: &AppState) -> Result<AdminClient<Channel>, ApiError> {
-    AdminClient::connect(state.config.supervisor_url.clone())
+async fn admin(state: &AppState) -> Result<AdminApi, ApiError> {
+    state
+        .config
+        .supervisor
+        .admin()
         .await
         .map_err(|_| ApiError::Unavailable("The supervisor cannot be reached.".into()))
 }

@@ -84,26 +84,57 @@ pub(crate) async fn read(
         return read_json(&bytes);
     }
     if content_type.starts_with("application/x-www-form-urlencoded") || content_type.is_empty() {
-        let mut submitted = Submitted {
-            location: Some(Location::Form),
-            ..Submitted::default()
-        };
-        for (count, (key, value)) in url::form_urlencoded::parse(&bytes).enumerate() {
-            if count >= MAX_FIELDS {
-                return Err(ApiError::TooLarge(format!(
-                    "More than {MAX_FIELDS} form fields."
-                )));
-            }
-            submitted
-                .values
-                .insert(key.into_owned(), value.into_owned());
-        }
-        return Ok(submitted);
+        return read_urlencoded(&bytes);
     }
     Err(ApiError::UnsupportedMediaType(format!(
         "Unsupported content type `{content_type}`: send application/x-www-form-urlencoded, \
          multipart/form-data or application/json."
     )))
+}
+
+/// A urlencoded body, strictly: every name and value must decode to UTF-8 (the
+/// form parsers' usual lossy decoding would hand the plugin replaced text).
+pub(crate) fn read_urlencoded(bytes: &[u8]) -> Result<Submitted, ApiError> {
+    let mut submitted = Submitted {
+        location: Some(Location::Form),
+        ..Submitted::default()
+    };
+    let pairs = bytes
+        .split(|byte| *byte == b'&')
+        .filter(|pair| !pair.is_empty());
+    for (count, pair) in pairs.enumerate() {
+        if count >= MAX_FIELDS {
+            return Err(ApiError::TooLarge(format!(
+                "More than {MAX_FIELDS} form fields."
+            )));
+        }
+        let (key, value) = match pair.iter().position(|byte| *byte == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        let key = decode_component(key)
+            .ok_or_else(|| ApiError::BadRequest("A form field name is not valid UTF-8.".into()))?;
+        let value = decode_component(value)
+            .ok_or_else(|| ApiError::field(Location::Form, &key, "Not valid UTF-8 text."))?;
+        submitted.values.insert(key, value);
+    }
+    Ok(submitted)
+}
+
+/// One urlencoded name or value: `+` is a space, `%XX` a byte; `None` when the
+/// bytes are not UTF-8.
+fn decode_component(encoded: &[u8]) -> Option<String> {
+    let spaced: std::borrow::Cow<'_, [u8]> = if encoded.contains(&b'+') {
+        encoded
+            .iter()
+            .map(|byte| if *byte == b'+' { b' ' } else { *byte })
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        encoded.into()
+    };
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    String::from_utf8(decoded).ok()
 }
 
 fn read_json(bytes: &[u8]) -> Result<Submitted, ApiError> {
@@ -136,15 +167,31 @@ fn read_json(bytes: &[u8]) -> Result<Submitted, ApiError> {
     Ok(submitted)
 }
 
+/// A multipart body; the files of one that fails part way are forgotten.
 async fn read_multipart(
     state: &AppState,
-    mut multipart: Multipart,
+    multipart: Multipart,
     uploads: Uploads,
 ) -> Result<Submitted, ApiError> {
     let mut submitted = Submitted {
         location: Some(Location::Form),
         ..Submitted::default()
     };
+    match read_parts(state, multipart, uploads, &mut submitted).await {
+        Ok(()) => Ok(submitted),
+        Err(error) => {
+            submitted.discard_uploads(state).await;
+            Err(error)
+        }
+    }
+}
+
+async fn read_parts(
+    state: &AppState,
+    mut multipart: Multipart,
+    uploads: Uploads,
+    submitted: &mut Submitted,
+) -> Result<(), ApiError> {
     let mut count = 0;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         count += 1;
@@ -168,9 +215,14 @@ async fn read_multipart(
                 }
                 value.extend_from_slice(&chunk);
             }
-            submitted
-                .values
-                .insert(name, String::from_utf8_lossy(&value).into_owned());
+            let Ok(value) = String::from_utf8(value) else {
+                return Err(ApiError::field(
+                    Location::Form,
+                    &name,
+                    "Not valid UTF-8 text.",
+                ));
+            };
+            submitted.values.insert(name, value);
             continue;
         };
         let content_type = field
@@ -220,7 +272,7 @@ async fn read_multipart(
         submitted.values.insert(name, url);
         submitted.uploads.push(record.id);
     }
-    Ok(submitted)
+    Ok(())
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {

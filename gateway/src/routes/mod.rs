@@ -4,11 +4,12 @@
 pub(crate) mod admin;
 mod body;
 pub(crate) mod files;
+pub(crate) mod health;
 pub(crate) mod plugins;
 pub(crate) mod tasks;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{DefaultBodyLimit, Request},
     http::{StatusCode, header},
     middleware,
@@ -78,7 +79,8 @@ pub(crate) fn router(state: AppState) -> Router {
         // The page itself is open: its data calls carry the token the page asks for.
         .route("/dashboard/", get(crate::dashboard::page))
         .route("/dashboard", get(|| async { Redirect::permanent("/dashboard/") }))
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())

@@ -387,7 +387,10 @@ pub(crate) async fn step(
         (_, Some(step_id)) => (step_id.to_owned(), StepAction::Process),
         _ => return Err(not_found()),
     };
-    let record = task(&state, &task_id).await.map_err(|_| not_found())?;
+    let record = task(&state, &task_id).await.map_err(|error| match error {
+        ApiError::NotFound(_) => not_found(),
+        other => other,
+    })?;
     if record.plugin != plugin {
         return Err(not_found());
     }

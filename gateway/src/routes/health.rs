@@ -1,0 +1,80 @@
+//! Liveness and readiness, for load balancers and orchestrators.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+/// How long the readiness check waits for the database.
+const DATABASE_CHECK: Duration = Duration::from_secs(2);
+
+/// Liveness: the process serves HTTP.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// Readiness: whether this gateway can take tasks, and what it depends on.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    /// `ok`, or why the database cannot be used.
+    database: String,
+    /// `ok`, or why the supervisor cannot be used.
+    supervisor: String,
+    /// Whether the gateway is shutting down (it takes no new task).
+    shutting_down: bool,
+}
+
+/// Liveness: 200 while the process serves HTTP, whatever its dependencies say.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "the process is alive", body = Health)))]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: 200 when the database answers, the supervisor's plugin list is
+/// followed and the gateway is not shutting down; else 503 with `Retry-After`,
+/// so a load balancer takes the gateway out and back by itself.
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()),
+    responses((status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "not ready; the body says why",
+            headers(("Retry-After" = u32, description = "seconds")), body = Readiness)))]
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    let database = match tokio::time::timeout(DATABASE_CHECK, state.store.ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(error)) => format!("unavailable: {error}"),
+        Err(_) => format!("unavailable: no answer within {DATABASE_CHECK:?}"),
+    };
+    let supervisor = if state.directory.snapshot().connected() {
+        "ok".to_owned()
+    } else {
+        "unavailable: the plugin list is not followed".to_owned()
+    };
+    let shutting_down = state.runner.shutdown_begun();
+    let ready = database == "ok" && supervisor == "ok" && !shutting_down;
+    let body = Json(Readiness {
+        status: if ready { "ready" } else { "unavailable" },
+        database,
+        supervisor,
+        shutting_down,
+    });
+    if ready {
+        return body.into_response();
+    }
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

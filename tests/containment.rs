@@ -1,0 +1,105 @@
+//! What a hostile plugin can reach: not the supervisor's Admin API (it needs the
+//! admin token, which plugins are never given).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{
+    PluginFolders,
+    serve::{Corral, Db, TestDatabase, serve_command},
+    versioned_manifest,
+};
+use corral_proto::supervisor::v1::{ListPluginsRequest, admin_client::AdminClient};
+
+const ROGUE: &str = "rogue@v1-0-0";
+const ECHO: &str = "echo@v1-0-0";
+
+fn folders() -> PluginFolders {
+    let folders = PluginFolders::new();
+    folders.add("rogue", &common::rogue_manifest());
+    folders.add("echo", &versioned_manifest("echo", "v1.0.0", ""));
+    folders
+}
+
+/// Runs the rogue plugin with `inputs`; returns its task's log.
+async fn rogue(corral: &Corral, inputs: &[(&str, &str)]) -> String {
+    let task = corral.submit(ROGUE, inputs).await;
+    let ended = corral.finished(&task).await;
+    assert_eq!(ended["status"], "SUCCESS", "{ended}");
+    ended["log"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_calling_the_admin_api_is_refused() {
+    let folders = folders();
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve(&database, &[folders.path()]);
+    corral.wait_for_plugins(&[ROGUE, ECHO]).await;
+
+    let log = rogue(&corral, &[("mode", "admin"), ("target", "echo")]).await;
+    assert!(log.contains("admin: Unauthenticated"), "{log}");
+    // The target was not touched.
+    let (status, _) = corral.get_json(&format!("/plugins/{ECHO}/")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_made_owner_only_and_required() {
+    let folders = folders();
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let mut command = serve_command(database.data_dir.path(), &[folders.path()]);
+    command.env_remove("CORRAL_ADMIN_TOKEN");
+    let corral = Corral::start_command(command);
+    corral.wait_for_plugins(&[ROGUE, ECHO]).await;
+    let url = format!("http://{}", corral.grpc.as_ref().unwrap());
+
+    let path = database.data_dir.path().join("admin-token");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{path:?}");
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(token.len(), 64);
+
+    // Without it: refused with UNAUTHENTICATED and a message saying why.
+    let mut anonymous = AdminClient::connect(url.clone()).await.unwrap();
+    let refused = anonymous
+        .list_plugins(ListPluginsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("admin token"), "{refused:?}");
+
+    // With it: answered (the gateway, in the same process, uses it too).
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = corral_proto::admin::AdminToken::new(&token).unwrap();
+    let mut admin = corral_proto::admin::admin_api(channel, token);
+    let plugins = admin
+        .list_plugins(ListPluginsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    assert_eq!(plugins.len(), 2);
+
+    // `corral ctl` finds the token through the data dir.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args([
+            "ctl",
+            "--supervisor",
+            &format!("http://{}", corral.grpc.as_ref().unwrap()),
+        ])
+        .arg("plugins")
+        .env("CORRAL_DATA_DIR", database.data_dir.path())
+        .env_remove("CORRAL_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains(ECHO), "{stdout}");
+}
