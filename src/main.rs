@@ -49,6 +49,8 @@ enum Command {
     /// "uv"`), as the supervisor does before it starts a plugin; unchanged ones
     /// cost nothing. Fails when any build failed; the others are built anyway.
     Envs(EnvsArgs),
+    /// Print the REST API's OpenAPI document (as `/api-spec.json` serves it).
+    ApiSpec,
 }
 
 #[derive(Debug, clap::Args)]
@@ -326,7 +328,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    let default_level = if matches!(cli.command, Command::Ctl(_) | Command::Envs(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Ctl(_) | Command::Envs(_) | Command::ApiSpec
+    ) {
         "warn"
     } else {
         "info"
@@ -360,6 +365,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Ctl(args) => ctl::run(args).await,
         Command::Envs(args) => envs(args).await,
+        Command::ApiSpec => {
+            println!("{}", corral_gateway::openapi::document_json());
+            Ok(())
+        }
     }
 }
 

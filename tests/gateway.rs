@@ -703,6 +703,31 @@ async fn api_spec_describes_every_route_and_its_viewer_is_local() {
         process.get("303").is_some() && process.get("422").is_some(),
         "{process}"
     );
+    assert!(
+        process["303"]["headers"].get("Location").is_some(),
+        "{process}"
+    );
+    // Every operation has its own id (clients and Swagger UI tell them apart by
+    // it) and says whether it needs a token (`{}`: open).
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{method} {path}: id `{id}` twice"
+            );
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path}: no security"
+            );
+        }
+    }
+    assert_eq!(spec["paths"]["/ready"]["get"]["security"], json!([{}]));
+    assert_eq!(
+        spec["paths"]["/admin/tasks/"]["get"]["security"],
+        json!([{"bearer": []}])
+    );
 
     let viewer = corral
         .client

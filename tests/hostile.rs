@@ -336,3 +336,29 @@ async fn bodies_that_are_not_utf8_are_refused_with_the_json_error_body() {
     assert_eq!(ended["status"], "SUCCESS");
     assert!(ended["log"].as_str().unwrap().contains("café"), "{ended}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_during_a_plugin_restart_is_taken_and_succeeds() {
+    use corral_proto::supervisor::v1::{PluginRef, PluginState};
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve(&database, &[&plugins()]);
+    corral.wait_for_plugins(&[HELLO]).await;
+    let grpc = format!("http://{}", corral.grpc.as_ref().unwrap());
+    let mut admin = common::admin_client(&grpc).await;
+    for round in 0..3 {
+        let plugin = PluginRef {
+            plugin: "hello-world".into(),
+        };
+        admin.restart_plugin(plugin).await.unwrap();
+        // Submitted while its process is being replaced (it has no identifier
+        // then): taken, and run once the new process is ready.
+        common::watch_until(&grpc, "hello-world", "not ready", |status| {
+            status.state != PluginState::Ready as i32
+        })
+        .await;
+        let text = format!("round {round}");
+        let task = corral.submit(HELLO, &[("inputStr", &text)]).await;
+        let ended = corral.finished(&task).await;
+        assert_eq!(ended["status"], "SUCCESS", "{ended}");
+    }
+}

@@ -63,6 +63,19 @@ pub struct PluginSummary {
 }
 
 impl PluginTable {
+    /// The table while the supervisor cannot be reached: every identifier seen
+    /// is known but not ready.
+    fn unreachable(known: &HashMap<String, String>) -> Self {
+        let not_ready = known
+            .values()
+            .map(|identifier| (identifier.clone(), "supervisor unreachable".to_owned()))
+            .collect();
+        Self {
+            not_ready,
+            ..Self::default()
+        }
+    }
+
     /// The ready plugin with this identifier.
     pub fn ready(&self, identifier: &str) -> Option<&Arc<LivePlugin>> {
         self.ready.get(identifier)
@@ -159,11 +172,14 @@ impl Directory {
         tokio::spawn(async move {
             let mut statuses: HashMap<String, PluginStatus> = HashMap::new();
             let mut channels: HashMap<String, Channel> = HashMap::new();
+            // Identifiers seen, by plugin folder: while one restarts (or the
+            // supervisor is away) it stays known, answered 503, never 404.
+            let mut known: HashMap<String, String> = HashMap::new();
             let mut retry_delay = Duration::from_millis(50);
             loop {
                 let followed = tokio::select! {
                     () = stop.cancelled() => return,
-                    result = watch_once(&supervisor, &mut statuses, &mut channels, &sender) => result,
+                    result = watch_once(&supervisor, &mut statuses, &mut channels, &mut known, &sender) => result,
                 };
                 match followed {
                     Ok(()) => retry_delay = Duration::from_millis(50),
@@ -175,7 +191,7 @@ impl Directory {
                 }
                 // The supervisor is gone: no plugin can be invoked until it is back.
                 statuses.clear();
-                sender.send_replace(Arc::new(PluginTable::default()));
+                sender.send_replace(Arc::new(PluginTable::unreachable(&known)));
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(retry_delay) => {}
@@ -202,6 +218,7 @@ async fn watch_once(
     supervisor: &SupervisorLink,
     statuses: &mut HashMap<String, PluginStatus>,
     channels: &mut HashMap<String, Channel>,
+    known: &mut HashMap<String, String>,
     sender: &watch::Sender<Arc<PluginTable>>,
 ) -> Result<(), tonic::Status> {
     let mut admin = supervisor
@@ -213,10 +230,13 @@ async fn watch_once(
         .await?
         .into_inner();
     tracing::info!(supervisor = %supervisor.url, "following the plugin list");
-    sender.send_replace(Arc::new(build_table(statuses, channels)));
+    sender.send_replace(Arc::new(build_table(statuses, channels, known)));
     while let Some(status) = stream.message().await? {
+        if !status.identifier.is_empty() {
+            known.insert(status.plugin.clone(), status.identifier.clone());
+        }
         statuses.insert(status.plugin.clone(), status);
-        sender.send_replace(Arc::new(build_table(statuses, channels)));
+        sender.send_replace(Arc::new(build_table(statuses, channels, known)));
     }
     Ok(())
 }
@@ -224,6 +244,7 @@ async fn watch_once(
 fn build_table(
     statuses: &HashMap<String, PluginStatus>,
     channels: &mut HashMap<String, Channel>,
+    known: &HashMap<String, String>,
 ) -> PluginTable {
     let mut all: Vec<PluginSummary> = statuses
         .values()
@@ -245,20 +266,16 @@ fn build_table(
                 .exit_reasons
                 .insert(status.plugin.clone(), status.last_exit_reason.clone());
         }
-        if status.identifier.is_empty() {
-            continue;
-        }
+        // Between two processes a plugin has no identifier: its last one stays.
+        let identifier = match (status.identifier.as_str(), known.get(&status.plugin)) {
+            ("", Some(last)) => last,
+            ("", None) => continue,
+            (identifier, _) => identifier,
+        };
         let ready = status.state == PluginState::Ready as i32;
         let Some(metadata) = status.metadata.clone().filter(|_| ready) else {
-            let state = PluginState::try_from(status.state)
-                .map(|state| {
-                    state
-                        .as_str_name()
-                        .trim_start_matches("PLUGIN_STATE_")
-                        .to_lowercase()
-                })
-                .unwrap_or_else(|_| "unknown".into());
-            table.not_ready.insert(status.identifier.clone(), state);
+            let state = state_name(status.state);
+            table.not_ready.insert(identifier.to_owned(), state);
             continue;
         };
         let channel = match channels.get(&status.endpoint) {

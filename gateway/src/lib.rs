@@ -16,7 +16,7 @@ mod forms;
 mod ids;
 mod live;
 mod metrics;
-mod openapi;
+pub mod openapi;
 mod routes;
 mod runner;
 mod server;

@@ -18,6 +18,7 @@ use crate::{error, routes, views};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Corral plugin runner", description = "The QHAna plugin REST API, served by Corral."),
+    servers((url = "/", description = "this gateway")),
     paths(
         routes::plugins::root,
         routes::plugins::list,
@@ -68,6 +69,11 @@ impl Modify for BearerScheme {
 fn document() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOCUMENT.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as JSON (`corral api-spec`, for client generators offline).
+pub fn document_json() -> String {
+    serde_json::to_string_pretty(document()).unwrap_or_default()
 }
 
 /// `GET /api-spec.json`.

@@ -12,7 +12,7 @@ use corral_proto::{
 use serde_json::{Value, json};
 
 use crate::{
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, ValidationErrorBody},
     state::AppState,
 };
 
@@ -45,9 +45,10 @@ pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
 /// state and how many unfinished tasks of its identifier wait for a step or
 /// run; `unfinishedTasks` also names identifiers no plugin serves any more (an
 /// old version can go once it has none).
-#[utoipa::path(get, path = "/admin/plugins/", tag = "admin",
+#[utoipa::path(get, path = "/admin/plugins/", operation_id = "listSupervisedPlugins", security((), ("bearer" = [])), tag = "admin",
     responses((status = 200, description = "every plugin of the supervisor with its state and its waiting and running tasks; `unfinishedTasks` by identifier"),
-        (status = 401, description = "with --require-auth, no valid token", body = ErrorBody)))]
+        (status = 401, description = "with --require-auth, no valid token", body = ErrorBody),
+        (status = 503, description = "the supervisor cannot be reached", body = ErrorBody)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let plugins = admin(&state)
         .await?
@@ -75,7 +76,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 }
 
 /// `POST /admin/plugins/<plugin>/<start|stop|restart>/`.
-#[utoipa::path(post, path = "/admin/plugins/{plugin}/{action}/", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/admin/plugins/{plugin}/{action}/", operation_id = "actOnPlugin", tag = "admin", security(("bearer" = [])),
     params(("plugin" = String, Path), ("action" = String, Path, description = "start, stop or restart")),
     responses((status = 200, description = "the plugin's new state"), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -99,10 +100,12 @@ pub(crate) async fn act(
 
 /// `GET /admin/tasks/?limit=N`: the newest tasks (default 20, at most 1000;
 /// admin role).
-#[utoipa::path(get, path = "/admin/tasks/", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/tasks/", operation_id = "listRecentTasks", tag = "admin", security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, description = "how many, newest first (default 20, at most 1000)")),
     responses((status = 200, description = "the newest tasks with their status"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "a limit that is not a number from 1 to 1000", body = ValidationErrorBody),
+        (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn tasks(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,

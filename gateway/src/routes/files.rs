@@ -18,10 +18,11 @@ use crate::{
 };
 
 /// `GET /files/<id>/?file-id=<secret>`.
-#[utoipa::path(get, path = "/files/{file}/", tag = "files",
+#[utoipa::path(get, path = "/files/{file}/", operation_id = "downloadFile", security((), ("bearer" = [])), tag = "files",
     params(("file" = String, Path), ("file-id" = String, Query, description = "the file's secret")),
-    responses((status = 200, description = "the file, with its content type and name", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 404, body = ErrorBody), (status = 422, description = "file-id missing", body = ValidationErrorBody)))]
+    responses((status = 200, description = "the file, served with its own content type and name", content_type = "*/*", body = Vec<u8>),
+        (status = 404, body = ErrorBody), (status = 422, description = "file-id missing", body = ValidationErrorBody),
+        (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn download(
     State(state): State<AppState>,
     Path(file_id): Path<String>,

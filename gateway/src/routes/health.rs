@@ -25,6 +25,7 @@ pub(crate) struct Health {
 
 /// Readiness: whether this gateway can take tasks, and what it depends on.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Readiness {
     /// `ready` or `unavailable`.
     status: &'static str,
@@ -37,7 +38,7 @@ pub(crate) struct Readiness {
 }
 
 /// Liveness: 200 while the process serves HTTP, whatever its dependencies say.
-#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+#[utoipa::path(get, path = "/health", operation_id = "getHealth", tag = "operations", security(()),
     responses((status = 200, description = "the process is alive", body = Health)))]
 pub(crate) async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
@@ -46,7 +47,7 @@ pub(crate) async fn health() -> Json<Health> {
 /// Readiness: 200 when the database answers, the supervisor's plugin list is
 /// followed and the gateway is not shutting down; else 503 with `Retry-After`,
 /// so a load balancer takes the gateway out and back by itself.
-#[utoipa::path(get, path = "/ready", tag = "operations", security(()),
+#[utoipa::path(get, path = "/ready", operation_id = "getReadiness", tag = "operations", security(()),
     responses((status = 200, description = "ready", body = Readiness),
         (status = 503, description = "not ready; the body says why",
             headers(("Retry-After" = u32, description = "seconds")), body = Readiness)))]

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// `GET /`.
-#[utoipa::path(get, path = "/", tag = "runner", responses((status = 200, body = views::Root)))]
+#[utoipa::path(get, path = "/", operation_id = "getRoot", security((), ("bearer" = [])), tag = "runner", responses((status = 200, body = views::Root)))]
 pub(crate) async fn root(State(state): State<AppState>) -> Json<views::Root> {
     Json(views::Root {
         title: state.config.title.clone(),
@@ -31,7 +31,7 @@ pub(crate) async fn root(State(state): State<AppState>) -> Json<views::Root> {
 }
 
 /// `GET /plugins/`: ready plugins sorted by name, then version.
-#[utoipa::path(get, path = "/plugins/", tag = "plugins", responses((status = 200, body = views::PluginList)))]
+#[utoipa::path(get, path = "/plugins/", operation_id = "listPlugins", security((), ("bearer" = [])), tag = "plugins", responses((status = 200, body = views::PluginList)))]
 pub(crate) async fn list(State(state): State<AppState>, base: BaseUrl) -> Json<views::PluginList> {
     let table = state.directory.snapshot();
     let plugins = table
@@ -44,7 +44,7 @@ pub(crate) async fn list(State(state): State<AppState>, base: BaseUrl) -> Json<v
 
 /// `GET /plugins/<identifier>/` (metadata) or `GET /plugins/<name>/` (302 to the
 /// newest version).
-#[utoipa::path(get, path = "/plugins/{plugin}/", tag = "plugins",
+#[utoipa::path(get, path = "/plugins/{plugin}/", operation_id = "getPlugin", security((), ("bearer" = [])), tag = "plugins",
     params(("plugin" = String, Path, description = "identifier (name@version) or name")),
     responses((status = 200, description = "metadata of a plugin identifier", body = views::PluginMetadata),
         (status = 302, description = "a plugin name: redirect to its newest version"),
@@ -80,9 +80,10 @@ pub(crate) async fn plugin(
 }
 
 /// `GET /plugins/<identifier>/ui/`: the form, prefilled from the query.
-#[utoipa::path(get, path = "/plugins/{plugin}/ui/", tag = "plugins",
+#[utoipa::path(get, path = "/plugins/{plugin}/ui/", operation_id = "getPluginUi", security((), ("bearer" = [])), tag = "plugins",
     params(("plugin" = String, Path)),
-    responses((status = 200, description = "the micro-frontend", content_type = "text/html", body = String), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the micro-frontend", content_type = "text/html", body = String), (status = 404, body = ErrorBody),
+        (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody) ))]
 pub(crate) async fn ui_get(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -97,9 +98,13 @@ pub(crate) async fn ui_get(
 
 /// `POST /plugins/<identifier>/ui/`: the form again, from the posted values,
 /// with errors shown inline (always 200).
-#[utoipa::path(post, path = "/plugins/{plugin}/ui/", tag = "plugins",
+#[utoipa::path(post, path = "/plugins/{plugin}/ui/", operation_id = "renderPluginUi", security((), ("bearer" = [])), tag = "plugins",
     params(("plugin" = String, Path)),
-    responses((status = 200, description = "the micro-frontend with inline errors", content_type = "text/html", body = String)))]
+    request_body(description = "the form's values so far",
+        content((FormValues = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "the micro-frontend with inline errors", content_type = "text/html", body = String),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn ui_post(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -175,15 +180,16 @@ async fn page(
 }
 
 /// `POST /plugins/<identifier>/process/`: validate, store the task, 303 to it.
-#[utoipa::path(post, path = "/plugins/{plugin}/process/", tag = "tasks",
+#[utoipa::path(post, path = "/plugins/{plugin}/process/", operation_id = "submitTask", security((), ("bearer" = [])), tag = "tasks",
     params(("plugin" = String, Path)),
     request_body(description = "the plugin's form fields (urlencoded, multipart or JSON)",
         content((FormValues = "application/x-www-form-urlencoded"), (FormValues = "multipart/form-data"),
             (FormValues = "application/json"))),
-    responses((status = 303, description = "task created; Location is its URL"),
+    responses((status = 303, description = "task created", headers(("Location" = String, description = "the task's URL"))),
+        (status = 400, description = "a malformed body (e.g. broken multipart)", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, description = "invalid input; no task created", body = ValidationErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn process(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -195,7 +201,7 @@ pub(crate) async fn process(
             "The runner is shutting down; try again shortly.".into(),
         ));
     }
-    let live = ready(&state, &plugin)?;
+    let live = ready_or_restarted(&state, &plugin).await?;
     let submitted = body::read(&state, request, body::Uploads::Store).await?;
     let values = match forms::validate(&live.metadata.inputs, &submitted.values) {
         Ok(values) => values,
@@ -233,6 +239,29 @@ pub(crate) async fn process(
     .await
     .map_err(|error| ApiError::Internal(Box::new(error)))??;
     Ok(Redirect::to(&task_url).into_response())
+}
+
+/// How long a submission waits for a known plugin that is not ready (it is
+/// restarting, or the supervisor is briefly away) before it is answered 503.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The ready plugin; a known one that is restarting is waited for (up to
+/// [`RESTART_WAIT`]), so a restart never turns a submission away at once.
+async fn ready_or_restarted(
+    state: &AppState,
+    identifier: &str,
+) -> Result<Arc<LivePlugin>, ApiError> {
+    let known_not_ready = {
+        let table = state.directory.snapshot();
+        table.ready(identifier).is_none() && table.unavailable_reason(identifier).is_some()
+    };
+    if known_not_ready {
+        let back = state
+            .directory
+            .wait_for(|table| table.ready(identifier).is_some());
+        let _ready_or_not = tokio::time::timeout(RESTART_WAIT, back).await;
+    }
+    ready(state, identifier)
 }
 
 /// The ready plugin, or 404 / 503 with a clear message.

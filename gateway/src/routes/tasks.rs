@@ -40,8 +40,8 @@ async fn task(state: &AppState, task_id: &str) -> Result<std::sync::Arc<TaskReco
 }
 
 /// `GET /tasks/<id>/`.
-#[utoipa::path(get, path = "/tasks/{task}/", tag = "tasks", params(("task" = String, Path)),
-    responses((status = 200, body = views::TaskStatus), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/tasks/{task}/", operation_id = "getTask", security((), ("bearer" = [])), tag = "tasks", params(("task" = String, Path)),
+    responses((status = 200, body = views::TaskStatus), (status = 404, body = ErrorBody), (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn status(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
@@ -52,10 +52,11 @@ pub(crate) async fn status(
 }
 
 /// `POST /tasks/<id>/`: subscribe or unsubscribe a webhook.
-#[utoipa::path(post, path = "/tasks/{task}/", tag = "tasks", params(("task" = String, Path)),
+#[utoipa::path(post, path = "/tasks/{task}/", operation_id = "subscribeToTask", security((), ("bearer" = [])), tag = "tasks", params(("task" = String, Path)),
     request_body = SubscribeRequest,
     responses((status = 200, body = views::TaskStatus), (status = 404, body = ErrorBody),
-        (status = 422, body = ValidationErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ValidationErrorBody), (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
@@ -122,13 +123,13 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 /// event has an `id` (its position in the task's stored events); the stream
 /// ends with `status`. A client that already has the `status` is answered 204
 /// (an `EventSource` then stops reconnecting).
-#[utoipa::path(get, path = "/tasks/{task}/events", tag = "tasks",
+#[utoipa::path(get, path = "/tasks/{task}/events", operation_id = "followTaskEvents", security((), ("bearer" = [])), tag = "tasks",
     params(("task" = String, Path),
         ("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event received; the stream resumes after it")),
     responses((status = 200, description = "Server-Sent Events: `snapshot` (the task status), then `log`, `progress`, `step`, `output`, and `status` last; each event's data is the JSON of its `TaskEvent` variant",
             content_type = "text/event-stream", body = views::TaskEvent),
         (status = 204, description = "the client has every event of this finished task"),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 503, description = "the database or the plugin is unavailable; see Retry-After", headers(("Retry-After" = u32, description = "seconds")), body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
@@ -364,11 +365,13 @@ where
 }
 
 /// `GET|POST /plugins/<identifier>/<task>/<step>-ui/` and `POST …/<step>-process/`.
-#[utoipa::path(post, path = "/plugins/{plugin}/{task}/{step}/", tag = "tasks",
+#[utoipa::path(post, path = "/plugins/{plugin}/{task}/{step}/", operation_id = "submitStep", security((), ("bearer" = [])), tag = "tasks",
     params(("plugin" = String, Path), ("task" = String, Path),
         ("step" = String, Path, description = "`<stepId>-ui` (form) or `<stepId>-process` (submission)")),
     request_body(content = FormValues, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "step submitted; Location is the task"),
+    responses((status = 303, description = "step submitted", headers(("Location" = String, description = "the task's URL"))),
+        (status = 400, description = "a malformed body", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 200, description = "the step's form", content_type = "text/html", body = String),
         (status = 404, body = ErrorBody),
         (status = 409, description = "the step was already submitted", body = ErrorBody),
