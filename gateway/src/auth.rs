@@ -204,3 +204,57 @@ pub(crate) async fn require_admin(
         Err(error) => error.into_response(),
     }
 }
+
+/// Property tests: no forged `Authorization` header is taken, whatever its bytes.
+#[cfg(test)]
+mod properties {
+    use axum::{body::Body, http::HeaderValue};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig::new(
+            Some("a-secret-for-property-tests"),
+            None,
+            None,
+            None,
+            true,
+            "admin".into(),
+        )
+        .expect("valid")
+    }
+
+    fn refused(header: &[u8]) -> Result<(), TestCaseError> {
+        let Ok(value) = HeaderValue::from_bytes(header) else {
+            return Ok(());
+        };
+        let request = Request::builder()
+            .header(AUTHORIZATION, value)
+            .body(Body::empty())
+            .expect("request");
+        prop_assert!(config().verify(&request).is_err());
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_bytes_are_refused(
+            prefix in prop_oneof![Just("Bearer "), Just("bearer "), Just("")],
+            rest in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut header = prefix.as_bytes().to_vec();
+            header.extend(rest);
+            refused(&header)?;
+        }
+
+        #[test]
+        fn jwt_shaped_forgeries_are_refused(
+            header in "[A-Za-z0-9_-]{0,60}",
+            claims in "[A-Za-z0-9_-]{0,120}",
+            signature in "[A-Za-z0-9_-]{0,60}",
+        ) {
+            refused(format!("Bearer {header}.{claims}.{signature}").as_bytes())?;
+        }
+    }
+}

@@ -242,3 +242,57 @@ mod tests {
         );
     }
 }
+
+/// Property tests: any form and any submission give values or field errors,
+/// never a panic; values hold every required field.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use corral_proto::plugin::v1::FormField;
+    use proptest::prelude::*;
+
+    use super::validate;
+
+    fn field() -> impl Strategy<Value = FormField> {
+        (
+            "[a-c]{1,2}",
+            0..12i32,
+            any::<bool>(),
+            proptest::option::of("\\PC{0,8}"),
+            proptest::collection::vec("\\PC{0,4}", 0..3),
+        )
+            .prop_map(|(name, kind, required, default, choices)| FormField {
+                field: name,
+                kind,
+                required,
+                default,
+                choices: choices
+                    .into_iter()
+                    .map(|value| corral_proto::plugin::v1::Choice {
+                        label: value.clone(),
+                        value,
+                    })
+                    .collect(),
+                ..<FormField as Default>::default()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_submission_gives_values_or_errors(
+            fields in proptest::collection::vec(field(), 0..6),
+            submitted in proptest::collection::btree_map("[a-c]{1,2}(\\.name)?", "\\PC{0,16}", 0..8),
+        ) {
+            let submitted: BTreeMap<String, String> = submitted;
+            match validate(&fields, &submitted) {
+                Ok(values) => {
+                    for field in fields.iter().filter(|field| field.required) {
+                        prop_assert!(values.contains_key(&field.field), "{} missing", field.field);
+                    }
+                }
+                Err(errors) => prop_assert!(!errors.is_empty()),
+            }
+        }
+    }
+}

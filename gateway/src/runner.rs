@@ -1250,3 +1250,102 @@ mod tests {
         assert_eq!(read.text, "a \"quoted\" line\nand more");
     }
 }
+
+/// Property tests: a plugin speaking the event protocol as a hostile plugin
+/// would (any bytes on the wire, any order of events) ends its call with an
+/// action, never a panic, and never writes past the output limit.
+#[cfg(test)]
+mod properties {
+    use corral_proto::plugin::v1 as pb;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+
+    const LIMIT: u64 = 64;
+
+    fn rules() -> CallRules {
+        CallRules {
+            task_id: "t".into(),
+            identifier: "p@v1".into(),
+            max_output_bytes: LIMIT,
+            open: None,
+            outputs: 0,
+        }
+    }
+
+    fn event() -> impl Strategy<Value = Option<Event>> {
+        prop_oneof![
+            Just(None),
+            "\\PC{0,20}".prop_map(|text| Some(Event::Log(pb::LogLine { text }))),
+            (any::<i64>(), any::<i64>(), any::<i64>()).prop_map(|(value, start, target)| Some(
+                Event::Progress(pb::Progress {
+                    value,
+                    start,
+                    target,
+                    unit: "%".into()
+                })
+            )),
+            ("\\PC{0,8}", "\\PC{0,8}").prop_map(|(name, content_type)| Some(Event::OutputBegin(
+                pb::OutputBegin {
+                    name,
+                    content_type,
+                    ..Default::default()
+                }
+            ))),
+            (0usize..48).prop_map(|size| Some(Event::OutputChunk(pb::OutputChunk {
+                data: vec![1u8; size].into()
+            }))),
+            Just(Some(Event::OutputEnd(pb::OutputEnd {}))),
+            ("\\PC{0,6}", "\\PC{0,12}").prop_map(|(step_id, state)| Some(Event::StepRequired(
+                pb::StepRequired {
+                    step_id,
+                    inputs: Vec::new(),
+                    state
+                }
+            ))),
+            "\\PC{0,12}".prop_map(|state| Some(Event::Checkpoint(pb::Checkpoint { state }))),
+            Just(Some(Event::Result(pb::TaskResult {}))),
+            "\\PC{0,12}".prop_map(|message| Some(Event::Error(pb::TaskError { message }))),
+        ]
+    }
+
+    /// Feeds events until one ends the call; checks the output limit on the way.
+    fn run(events: impl IntoIterator<Item = Option<Event>>) -> Result<(), TestCaseError> {
+        let mut rules = rules();
+        let mut written = 0u64;
+        for event in events {
+            match rules.on_event(event) {
+                Action::Write(bytes) => {
+                    written += bytes.len() as u64;
+                    prop_assert!(written <= LIMIT, "{written} bytes written past the limit");
+                }
+                Action::BeginOutput(_) => written = 0,
+                Action::Succeed | Action::Fail(_) | Action::Wait { .. } => return Ok(()),
+                Action::Log(_)
+                | Action::Progress(_)
+                | Action::EndOutput
+                | Action::Checkpoint(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_order_of_events_ends_in_an_action(events in proptest::collection::vec(event(), 0..40)) {
+            run(events)?;
+        }
+
+        #[test]
+        fn any_bytes_on_the_wire_end_in_an_action(
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..20)
+        ) {
+            let events = messages
+                .iter()
+                .filter_map(|bytes| pb::InvokeEvent::decode(bytes.as_slice()).ok())
+                .map(|message| message.event);
+            run(events)?;
+        }
+    }
+}

@@ -66,8 +66,10 @@ def supervisor(tmp_path: Path) -> Iterator[str]:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     address = f"127.0.0.1:{port}"
+    arguments = [binary, "supervisor", "--grpc", address, "--plugin-folders", str(plugins)]
+    arguments += ["--admin-token-file", str(tmp_path / "admin-token")]
     process = subprocess.Popen(
-        [binary, "supervisor", "--grpc", address, "--plugin-folders", str(plugins)],
+        arguments,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

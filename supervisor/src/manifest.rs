@@ -465,3 +465,53 @@ mod tests {
         assert!(error.to_string().contains("command"), "{error}");
     }
 }
+
+/// Property tests: any text is a manifest or one clear error, never a panic.
+#[cfg(test)]
+mod properties {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use super::Manifest;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,12}".prop_map(|text| format!("{text:?}")),
+            any::<i64>().prop_map(|number| number.to_string()),
+            any::<bool>().prop_map(|flag| flag.to_string()),
+            Just("\"0s\"".to_owned()),
+            Just("\"1h\"".to_owned()),
+            Just("[\"a\", \"b\"]".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_is_one_error(text in "\\PC{0,300}") {
+            if let Err(error) = Manifest::parse(Path::new("plugin.toml"), &text) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn known_keys_with_any_values_parse_or_are_one_error(
+            pairs in proptest::collection::vec((prop_oneof![
+                Just("command"), Just("args"), Just("working_dir"), Just("retry_safe"),
+                Just("allow_file_urls"), Just("log_lines"), Just("start_timeout"),
+                Just("stop_grace"), Just("environment"), Just("environment_timeout"),
+                Just("env_allow"),
+            ], value()), 0..8)
+        ) {
+            let mut seen = std::collections::BTreeSet::new();
+            let text: String = pairs
+                .into_iter()
+                .filter(|(key, _)| seen.insert(*key))
+                .map(|(key, value)| format!("{key} = {value}\n"))
+                .collect();
+            if let Err(error) = Manifest::parse(Path::new("plugin.toml"), &text) {
+                prop_assert!(error.to_string().contains("plugin.toml"), "{error}");
+            }
+        }
+    }
+}

@@ -282,3 +282,34 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
         ApiError::BadRequest(format!("Invalid multipart body: {}", error.body_text()))
     }
 }
+
+/// Property tests: hostile bodies never panic the decoder, and what a browser
+/// encodes comes back as it was sent. `PROPTEST_CASES` sets how many cases
+/// (`scripts/fuzz` runs many).
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::read_urlencoded;
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _decoded_or_refused = read_urlencoded(&bytes);
+        }
+
+        #[test]
+        fn what_a_browser_encodes_is_what_the_plugin_gets(
+            values in proptest::collection::btree_map("\\PC{0,12}", "\\PC{0,40}", 0..12)
+        ) {
+            let encoded = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(values.iter())
+                .finish();
+            let decoded = read_urlencoded(encoded.as_bytes()).expect("valid");
+            let expected: BTreeMap<String, String> = values;
+            prop_assert_eq!(decoded.values, expected);
+        }
+    }
+}
