@@ -51,6 +51,46 @@ enum Command {
     Envs(EnvsArgs),
     /// Print the REST API's OpenAPI document (as `/api-spec.json` serves it).
     ApiSpec,
+    /// Run a program confined (Landlock) to the given paths: how the supervisor
+    /// starts each plugin.
+    #[command(hide = true)]
+    Confine(ConfineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfineArgs {
+    /// A path the program may read and execute (repeatable).
+    #[arg(long)]
+    read: Vec<PathBuf>,
+    /// A path the program may also write (repeatable).
+    #[arg(long)]
+    write: Vec<PathBuf>,
+    /// The program and its arguments, after `--`.
+    #[arg(required = true, last = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+/// Confines this process, then becomes the program (it keeps the restrictions
+/// and this process id). Returns only on failure.
+fn confine(args: ConfineArgs) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let confinement = corral_supervisor::confine::Confinement {
+        read: args.read,
+        write: args.write,
+    };
+    if let Err(error) = confinement.enforce() {
+        eprintln!("corral: {error}");
+        return ExitCode::from(126);
+    }
+    let Some((program, arguments)) = args.command.split_first() else {
+        return ExitCode::from(2);
+    };
+    let error = std::process::Command::new(program).args(arguments).exec();
+    eprintln!(
+        "corral: failed to run {}: {error}",
+        program.to_string_lossy()
+    );
+    ExitCode::from(127)
 }
 
 #[derive(Debug, clap::Args)]
@@ -244,6 +284,11 @@ struct SupervisorArgs {
     /// CORRAL_ADMIN_TOKEN gives the token itself.
     #[arg(long, env = "CORRAL_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Run plugins without confinement (by default each is confined with
+    /// Landlock to its folder, the system's libraries and a temporary folder;
+    /// a kernel without Landlock refuses to start unless this is given).
+    #[arg(long, env = "CORRAL_UNCONFINED_PLUGINS")]
+    unconfined_plugins: bool,
 }
 
 impl SupervisorArgs {
@@ -258,6 +303,7 @@ impl SupervisorArgs {
             plugin_folders: self.plugin_folders,
             plugin_host: self.plugin_host,
             admin_token,
+            confine_plugins: !self.unconfined_plugins,
         })
     }
 }
@@ -291,7 +337,8 @@ fn refuse_secrets_on_argv(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
         arg.strip_prefix(flag)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
     };
-    for arg in args {
+    // What follows `--` is not ours (a confined plugin's own arguments).
+    for arg in args.iter().take_while(|arg| *arg != "--") {
         let arg = arg.to_string_lossy();
         for (flag, instead) in SECRET_FLAGS {
             if given(&arg, flag) {
@@ -327,6 +374,10 @@ fn main() -> ExitCode {
     let cli = match Cli::from_arg_matches(&command.get_matches_from(args)) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
+    };
+    let cli = match cli.command {
+        Command::Confine(args) => return confine(args),
+        command => Cli { command, ..cli },
     };
     let default_level = if matches!(
         cli.command,
@@ -369,6 +420,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", corral_gateway::openapi::document_json());
             Ok(())
         }
+        // Handled in `main`, before a runtime or a log writer exists.
+        Command::Confine(_) => anyhow::bail!("`corral confine` cannot run here"),
     }
 }
 

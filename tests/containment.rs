@@ -103,3 +103,41 @@ async fn the_admin_token_is_made_owner_only_and_required() {
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.contains(ECHO), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_read_the_database_the_files_or_another_plugin() {
+    let folders = folders();
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let corral = Corral::serve(&database, &[folders.path()]);
+    corral.wait_for_plugins(&[ROGUE, ECHO]).await;
+    // Something in the file store: an output of a finished task.
+    let task = corral.submit(ECHO, &[("text", "secret output")]).await;
+    assert_eq!(corral.finished(&task).await["status"], "SUCCESS");
+
+    let data = database.data_dir.path();
+    let forbidden = [
+        data.join("corral.db"),
+        data.join("files"),
+        data.to_owned(),
+        folders.path().join("echo"),
+        folders.path().join("echo/plugin.toml"),
+        std::path::PathBuf::from("/root"),
+    ];
+    let own = folders.path().join("rogue/plugin.toml");
+    let paths: Vec<String> = forbidden
+        .iter()
+        .chain([&own])
+        .map(|path| path.display().to_string())
+        .collect();
+    let log = rogue(&corral, &[("mode", "read"), ("paths", &paths.join(","))]).await;
+    for path in &forbidden {
+        let line = format!("refused {}: ", path.display());
+        assert!(
+            log.contains(&line),
+            "{} was readable:\n{log}",
+            path.display()
+        );
+    }
+    // Its own folder stays readable.
+    assert!(log.contains(&format!("read {}: ", own.display())), "{log}");
+}

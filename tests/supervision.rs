@@ -388,9 +388,19 @@ async fn a_plugin_sees_only_its_scrubbed_environment_and_its_limits() {
             "CORRAL_PROTOCOL_VERSION",
             "CORRAL_REGISTRY",
             "GREETING",
+            "TMPDIR",
         ]
     );
     assert!(lines.contains(&"CORRAL_PLUGIN_NAME=inspector".to_string()));
+    // Its private temporary folder (it is confined to it), owner-only.
+    let temporary = lines
+        .iter()
+        .find_map(|line| line.strip_prefix("TMPDIR="))
+        .unwrap();
+    assert!(temporary.ends_with("/inspector"), "{temporary}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(temporary).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
     assert!(lines.contains(&format!("CORRAL_REGISTRY={}", supervisor.url())));
     let token = lines
         .iter()

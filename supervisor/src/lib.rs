@@ -4,12 +4,14 @@
 //!
 //! - [`manifest`]: `plugin.toml`, found in the plugin folders.
 //! - [`admin_token`]: the Admin API's token, from the environment or a file.
+//! - [`confine`]: each plugin's Landlock confinement (`corral confine`).
 //! - `lifecycle`: the task that owns one plugin (see `lifecycle.md`).
 //! - `spawn`: the one audited place that creates and signals processes.
 //! - [`Supervisor`]: the set of plugin tasks; [`RunningSupervisor`]: its gRPC server.
 
 pub mod admin_token;
 mod backoff;
+pub mod confine;
 mod convert;
 pub mod environment;
 mod error;

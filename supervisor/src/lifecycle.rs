@@ -5,7 +5,7 @@
 //! the process they watch, so a late report about an old process is ignored.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use crate::{
     backoff::{RestartDecision, RestartTracker},
+    confine::Confinement,
     environment::{self, EnvironmentKind, Prepared},
     error::SupervisorError,
     logs::{self, LogBuffer, LogStream},
@@ -95,6 +96,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Second signal: skip the grace period.
     pub(crate) force: CancellationToken,
+    /// Where each plugin's private temporary folder is made, when plugins are
+    /// confined; `None`: they run unconfined.
+    pub(crate) confined_in: Option<PathBuf>,
 }
 
 /// A running process of the plugin.
@@ -897,12 +901,27 @@ impl PluginTask {
         );
         env.extend(manifest.env.clone());
         let spawned = spawn::resolve_program(&manifest.command, &self.folder).and_then(|program| {
+            let confinement = match &self.shared.confined_in {
+                Some(scratch) => {
+                    let temporary = private_folder(scratch, &self.name)?;
+                    env.push(("TMPDIR".into(), temporary.display().to_string()));
+                    Some(Confinement::for_plugin(
+                        &self.folder,
+                        &program,
+                        &temporary,
+                        &manifest.allow_read,
+                        &manifest.allow_write,
+                    ))
+                }
+                None => None,
+            };
             spawn::spawn(&SpawnSpec {
                 program: &program,
                 args: &manifest.args,
                 working_dir: &working_dir,
                 env,
                 limits: &manifest.limits,
+                confinement: confinement.as_ref(),
             })
             .map_err(|error| format!("failed to spawn {}: {error}", program.display()))
         });
@@ -1128,6 +1147,24 @@ fn is_pep440(version: &str) -> bool {
     PEP440
         .as_ref()
         .is_some_and(|pattern| pattern.is_match(version))
+}
+
+/// A plugin's private temporary folder (owner-only), made when missing.
+fn private_folder(scratch: &Path, plugin: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let folder = scratch.join(plugin);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&folder)
+        .and_then(|()| std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|error| {
+            format!(
+                "failed to make the temporary folder {}: {error}",
+                folder.display()
+            )
+        })?;
+    Ok(folder)
 }
 
 /// 32 random bytes in hex.

@@ -45,6 +45,13 @@ pub struct Manifest {
     /// Whether the plugin may read `file://localhost` data URLs.
     #[serde(default)]
     pub allow_file_urls: bool,
+    /// Paths (relative to the plugin folder, or absolute) the confined plugin
+    /// may also read, beyond its folder and the system's libraries.
+    #[serde(default)]
+    pub allow_read: Vec<PathBuf>,
+    /// Paths the confined plugin may also write.
+    #[serde(default)]
+    pub allow_write: Vec<PathBuf>,
     /// How many lines of stdout/stderr the supervisor keeps for the logs stream.
     #[serde(default = "default_log_lines")]
     pub log_lines: usize,

@@ -23,6 +23,8 @@ pub struct SupervisorConfig {
     pub plugin_host: Option<String>,
     /// The token every Admin API call must carry (`authorization: Bearer …`).
     pub admin_token: String,
+    /// Whether plugins run confined (Landlock); see [`crate::confine`].
+    pub confine_plugins: bool,
 }
 
 /// Why the supervisor could not run.
@@ -49,6 +51,9 @@ pub enum ServeError {
     /// The gRPC server task panicked.
     #[error("the gRPC server panicked: {0}")]
     Panicked(String),
+    /// Plugins should be confined, but the kernel cannot.
+    #[error(transparent)]
+    Confinement(#[from] crate::confine::ConfineError),
     /// The admin token cannot be used.
     #[error("invalid admin token")]
     AdminToken(#[source] corral_proto::admin::InvalidToken),
@@ -73,6 +78,8 @@ pub struct RunningSupervisor {
     incoming: TcpIncoming,
     supervisor: Arc<Supervisor>,
     admin_check: RequireAdminToken,
+    /// The plugins' private temporary folders, removed at the end.
+    scratch: Option<PathBuf>,
 }
 
 impl RunningSupervisor {
@@ -91,9 +98,27 @@ impl RunningSupervisor {
             source,
         })?;
         let registry = registry_url(local_addr);
+        let confined_in = if config.confine_plugins {
+            if !crate::confine::available() {
+                return Err(crate::confine::ConfineError::Unavailable.into());
+            }
+            // Each plugin's private temporary folder is made beneath this one.
+            Some(std::env::temp_dir().join(format!("corral-{}", std::process::id())))
+        } else {
+            tracing::warn!(
+                "plugins run unconfined (--unconfined-plugins): each can read and write \
+                 whatever this user can"
+            );
+            None
+        };
         let supervisor = Arc::new(
-            Supervisor::start(&config.plugin_folders, registry, config.plugin_host.clone())
-                .map_err(ServeError::PluginFolders)?,
+            Supervisor::start(
+                &config.plugin_folders,
+                registry,
+                config.plugin_host.clone(),
+                confined_in.clone(),
+            )
+            .map_err(ServeError::PluginFolders)?,
         );
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         Ok(Self {
@@ -101,6 +126,7 @@ impl RunningSupervisor {
             incoming,
             supervisor,
             admin_check,
+            scratch: confined_in,
         })
     }
 
@@ -161,6 +187,12 @@ impl RunningSupervisor {
         };
         tracing::info!("stopping plugins");
         self.supervisor.shutdown().await;
+        if let Some(scratch) = &self.scratch
+            && let Err(error) = tokio::fs::remove_dir_all(scratch).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(folder = %scratch.display(), %error, "failed to remove the plugins' temporary folders");
+        }
         force_on_second_signal.abort();
         match served {
             Ok(result) => result.map_err(ServeError::Transport),

@@ -21,7 +21,7 @@ use nix::{
 };
 use tokio::process::{Child, Command};
 
-use crate::manifest::Limits;
+use crate::{confine::Confinement, manifest::Limits};
 
 /// What to run, fully resolved.
 #[derive(Debug)]
@@ -32,12 +32,26 @@ pub(crate) struct SpawnSpec<'a> {
     /// The complete environment of the child; nothing else is inherited.
     pub(crate) env: Vec<(String, String)>,
     pub(crate) limits: &'a Limits,
+    /// Run through `corral confine` with these paths; `None`: unconfined.
+    pub(crate) confinement: Option<&'a Confinement>,
 }
 
 /// Spawns the plugin process as the leader of a new process group, with stdin
 /// closed and stdout/stderr piped.
 pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
-    let mut command = Command::new(spec.program);
+    let mut command = match spec.confinement {
+        // `corral confine` restricts itself, then becomes the plugin (same pid).
+        Some(confinement) => {
+            let mut command = Command::new(std::env::current_exe()?);
+            command
+                .arg("confine")
+                .args(confinement.arguments())
+                .arg("--")
+                .arg(spec.program);
+            command
+        }
+        None => Command::new(spec.program),
+    };
     command
         .args(spec.args)
         .current_dir(spec.working_dir)

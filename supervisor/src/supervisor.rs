@@ -37,6 +37,7 @@ impl Supervisor {
         plugin_folders: &[PathBuf],
         registry: String,
         plugin_host: Option<String>,
+        confined_in: Option<PathBuf>,
     ) -> std::io::Result<Self> {
         let discovered = manifest::discover(plugin_folders)?;
         let shared = Arc::new(Shared {
@@ -46,6 +47,7 @@ impl Supervisor {
             changes: broadcast::channel(WATCH_BACKLOG).0,
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
+            confined_in,
         });
         let mut tasks = JoinSet::new();
         let mut plugins = Vec::with_capacity(discovered.len());

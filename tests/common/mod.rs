@@ -93,10 +93,16 @@ pub fn reference_plugins() -> PathBuf {
 }
 
 /// A plugins folder holding links to the repository's plugin folders `names`
-/// (under the tests' temp dir, shared by every test that asks for it).
+/// (under the tests' temp dir, shared by every test that asks for it). Its name
+/// holds a digest of the repository's path: clones sharing one build cache
+/// never run each other's plugins.
 pub fn plugin_selection(name: &str, names: &[&str]) -> PathBuf {
+    use std::hash::{Hash, Hasher};
     check_runnable();
-    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugins-{name}"));
+    let mut digest = std::hash::DefaultHasher::new();
+    repo().hash(&mut digest);
+    let folder = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("plugins-{name}-{:016x}", digest.finish()));
     std::fs::create_dir_all(&folder).unwrap();
     for plugin in names {
         let link = folder.join(plugin);
