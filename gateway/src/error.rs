@@ -232,6 +232,23 @@ pub(crate) struct SubscribeRequest {
 )]
 pub(crate) struct FormValues(BTreeMap<String, String>);
 
+/// The same values as multipart form data (a file field carries the upload).
+/// A schema of its own, so client generators tell the body types apart.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body the handler reads field by field"
+)]
+pub(crate) struct MultipartFormValues(BTreeMap<String, String>);
+
+/// The same values as a JSON object (strings, numbers or booleans).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body the handler reads field by field"
+)]
+pub(crate) struct JsonFormValues(BTreeMap<String, String>);
+
 /// The contract's error body for any status.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
     let body = ErrorBody {

@@ -26,6 +26,7 @@ use crate::{error, routes, views};
         routes::plugins::ui_get,
         routes::plugins::ui_post,
         routes::plugins::process,
+        routes::tasks::step_form,
         routes::tasks::step,
         routes::tasks::status,
         routes::tasks::subscribe,
@@ -42,13 +43,32 @@ use crate::{error, routes, views};
         views::EntryPoint, views::PluginDependency, views::DataInput, views::DataOutput,
         views::Link, views::TaskStatus, views::Progress, views::Step, views::Output,
         error::ErrorBody, error::ValidationErrorBody, error::SubscribeRequest, error::FormValues,
+        error::MultipartFormValues, error::JsonFormValues,
         routes::health::Health, routes::health::Readiness,
     )),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &OptionalBodies),
 )]
 struct ApiDoc;
 
 struct BearerScheme;
+
+/// Form bodies are optional: an absent body is a form with no fields (then
+/// the plugin's required fields are reported missing, as a 422).
+struct OptionalBodies;
+
+impl Modify for OptionalBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            if let Some(body) = item
+                .post
+                .as_mut()
+                .and_then(|operation| operation.request_body.as_mut())
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+    }
+}
 
 impl Modify for BearerScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

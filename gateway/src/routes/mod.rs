@@ -52,7 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/plugins/{plugin}/process/", post(plugins::process))
         .route(
             "/plugins/{plugin}/{task}/{step}/",
-            get(tasks::step).post(tasks::step),
+            get(tasks::step_form).post(tasks::step),
         )
         .route("/tasks/{task}/", get(tasks::status).post(tasks::subscribe))
         .route("/tasks/{task}/events", get(tasks::events))

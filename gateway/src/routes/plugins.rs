@@ -13,7 +13,10 @@ use corral_proto::plugin::v1::{PluginType, RenderRequest};
 use super::body;
 use crate::{
     directory::{LivePlugin, compare_versions},
-    error::{ApiError, ErrorBody, FieldErrors, FormValues, ValidationErrorBody},
+    error::{
+        ApiError, ErrorBody, FieldErrors, FormValues, JsonFormValues, MultipartFormValues,
+        ValidationErrorBody,
+    },
     forms, ids,
     runner::Job,
     state::AppState,
@@ -183,8 +186,8 @@ async fn page(
 #[utoipa::path(post, path = "/plugins/{plugin}/process/", operation_id = "submitTask", security((), ("bearer" = [])), tag = "tasks",
     params(("plugin" = String, Path)),
     request_body(description = "the plugin's form fields (urlencoded, multipart or JSON)",
-        content((FormValues = "application/x-www-form-urlencoded"), (FormValues = "multipart/form-data"),
-            (FormValues = "application/json"))),
+        content((FormValues = "application/x-www-form-urlencoded"), (MultipartFormValues = "multipart/form-data"),
+            (JsonFormValues = "application/json"))),
     responses((status = 303, description = "task created", headers(("Location" = String, description = "the task's URL"))),
         (status = 400, description = "a malformed body (e.g. broken multipart)", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),

@@ -364,6 +364,25 @@ where
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
 }
 
+/// `GET /plugins/<identifier>/<task>/<step>-ui/`: the step's form (values from
+/// the query string). The same handler as [`step`]; described apart so each
+/// method has its own operation.
+#[utoipa::path(get, path = "/plugins/{plugin}/{task}/{step}/", operation_id = "getStepForm", security((), ("bearer" = [])), tag = "tasks",
+    params(("plugin" = String, Path), ("task" = String, Path),
+        ("step" = String, Path, description = "`<stepId>-ui`")),
+    responses((status = 200, description = "the step's form", content_type = "text/html", body = String),
+        (status = 404, body = ErrorBody),
+        (status = 503, description = "the database is unavailable; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn step_form(
+    state: State<AppState>,
+    path: Path<(String, String, String)>,
+    query: Query<BTreeMap<String, String>>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Response, ApiError> {
+    step(state, path, query, base, request).await
+}
+
 /// `GET|POST /plugins/<identifier>/<task>/<step>-ui/` and `POST …/<step>-process/`.
 #[utoipa::path(post, path = "/plugins/{plugin}/{task}/{step}/", operation_id = "submitStep", security((), ("bearer" = [])), tag = "tasks",
     params(("plugin" = String, Path), ("task" = String, Path),
