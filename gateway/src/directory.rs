@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use corral_proto::{
     admin::{AdminApi, AdminToken, admin_api},
     plugin::v1::{PluginMetadata, plugin_client::PluginClient},
-    supervisor::v1::{PluginState, PluginStatus, WatchPluginsRequest},
+    supervisor::v1::{ListPluginsRequest, PluginState, PluginStatus, WatchPluginsRequest},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,9 @@ pub struct PluginTable {
     all: Vec<PluginSummary>,
     /// Whether the supervisor's plugin list is being followed.
     connected: bool,
+    /// Plugins starting that never said who they are (a supervisor's first
+    /// start): until they register, an identifier not known may yet appear.
+    unidentified: usize,
 }
 
 /// A plugin as the supervisor last reported it.
@@ -96,6 +99,17 @@ impl PluginTable {
     /// Whether the supervisor is reachable (its plugin list is followed).
     pub fn connected(&self) -> bool {
         self.connected
+    }
+
+    /// Whether `identifier` is served, or was and is coming back.
+    pub fn knows(&self, identifier: &str) -> bool {
+        self.ready.contains_key(identifier) || self.not_ready.contains_key(identifier)
+    }
+
+    /// Whether an identifier not known now may still appear: the list is not
+    /// followed yet, or a plugin is starting for the first time.
+    pub fn may_learn_more(&self) -> bool {
+        !self.connected || self.unidentified > 0
     }
 
     /// Every plugin the supervisor knows, sorted by folder.
@@ -225,18 +239,31 @@ async fn watch_once(
         .admin()
         .await
         .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    // The supervisor's plugins are a fixed set, and the stream begins with the
+    // state of each: the table is published once it holds all of them, so no
+    // identifier is taken for absent while the list is still arriving.
+    let expected = admin
+        .list_plugins(ListPluginsRequest {})
+        .await?
+        .into_inner()
+        .plugins
+        .len();
     let mut stream = admin
         .watch_plugins(WatchPluginsRequest {})
         .await?
         .into_inner();
     tracing::info!(supervisor = %supervisor.url, "following the plugin list");
-    sender.send_replace(Arc::new(build_table(statuses, channels, known)));
+    if expected == 0 {
+        sender.send_replace(Arc::new(build_table(statuses, channels, known)));
+    }
     while let Some(status) = stream.message().await? {
         if !status.identifier.is_empty() {
             known.insert(status.plugin.clone(), status.identifier.clone());
         }
         statuses.insert(status.plugin.clone(), status);
-        sender.send_replace(Arc::new(build_table(statuses, channels, known)));
+        if statuses.len() >= expected {
+            sender.send_replace(Arc::new(build_table(statuses, channels, known)));
+        }
     }
     Ok(())
 }
@@ -269,7 +296,12 @@ fn build_table(
         // Between two processes a plugin has no identifier: its last one stays.
         let identifier = match (status.identifier.as_str(), known.get(&status.plugin)) {
             ("", Some(last)) => last,
-            ("", None) => continue,
+            ("", None) => {
+                if status.state == PluginState::Starting as i32 {
+                    table.unidentified += 1;
+                }
+                continue;
+            }
             (identifier, _) => identifier,
         };
         let ready = status.state == PluginState::Ready as i32;

@@ -398,6 +398,14 @@ pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_milli
 /// The longest a PostgreSQL statement may run (every query here is short).
 const STATEMENT_TIMEOUT: &str = "SET statement_timeout = 5000";
 
+/// The row an auto-committed `UPDATE … RETURNING` returns, once the database
+/// has confirmed the commit. (`fetch_optional` of sqlx's `Any` driver returns
+/// at the first row, before PostgreSQL's confirmation: a server that stops at
+/// that moment rolls the change back although it was reported done.)
+async fn committed_row(statement: Query<'_>, pool: &AnyPool) -> Result<Option<AnyRow>, StoreError> {
+    Ok(statement.fetch_all(pool).await?.into_iter().next())
+}
+
 /// How long a read may take: a link that was cut without a reset (or a stalled
 /// server) answers 503 after this, not after TCP's own timeouts.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -805,7 +813,7 @@ impl Store {
         );
         let update = batch.update(WRITE, id, now_millis());
         if batch.outputs.is_empty() {
-            let row = update.fetch_optional(&self.pool).await?;
+            let row = committed_row(update, &self.pool).await?;
             return Ok(row.map(|row| row.try_get("event_count")).transpose()?);
         }
         let mut transaction = self.pool.begin().await?;
@@ -860,7 +868,7 @@ impl Store {
             for output in &batch.outputs {
                 update = bind_file(update, output);
             }
-            let row = update.fetch_optional(&self.pool).await?;
+            let row = committed_row(update, &self.pool).await?;
             if let Some(row) = &row {
                 self.committed_notices(row.try_get::<i64, _>("notices")?.unsigned_abs());
             }

@@ -254,6 +254,25 @@ async fn ready_or_restarted(
     state: &AppState,
     identifier: &str,
 ) -> Result<Arc<LivePlugin>, ApiError> {
+    if state.directory.snapshot().ready(identifier).is_some() {
+        return ready(state, identifier);
+    }
+    // Until the supervisor's list has arrived and every plugin starting for
+    // the first time has said who it is (a gateway or supervisor just
+    // started), an identifier not known yet may still appear: wait for that.
+    let table = state.directory.snapshot();
+    if !table.knows(identifier) && table.may_learn_more() {
+        let settled = state
+            .directory
+            .wait_for(|table| table.knows(identifier) || !table.may_learn_more());
+        let _settled_or_not = tokio::time::timeout(RESTART_WAIT, settled).await;
+        let table = state.directory.snapshot();
+        if !table.knows(identifier) && table.may_learn_more() {
+            return Err(ApiError::Unavailable(
+                "The plugins are starting; try again shortly.".into(),
+            ));
+        }
+    }
     let known_not_ready = {
         let table = state.directory.snapshot();
         table.ready(identifier).is_none() && table.unavailable_reason(identifier).is_some()
@@ -278,7 +297,14 @@ pub(crate) fn ready(state: &AppState, identifier: &str) -> Result<Arc<LivePlugin
 }
 
 fn not_found_or_unavailable(state: &AppState, plugin: &str) -> ApiError {
-    match state.directory.snapshot().unavailable_reason(plugin) {
+    let table = state.directory.snapshot();
+    if !table.knows(plugin) && !table.connected() {
+        // Not known to be absent: the supervisor's list is not there.
+        return ApiError::Unavailable(
+            "The supervisor cannot be reached; try again shortly.".into(),
+        );
+    }
+    match table.unavailable_reason(plugin) {
         Some(reason) => ApiError::Unavailable(format!(
             "Plugin {plugin} is not ready ({reason}); try again shortly."
         )),
