@@ -289,6 +289,11 @@ struct SupervisorArgs {
     /// a kernel without Landlock refuses to start unless this is given).
     #[arg(long, env = "CORRAL_UNCONFINED_PLUGINS")]
     unconfined_plugins: bool,
+    /// The user (name or number) plugins run as, with its primary group: for a
+    /// supervisor running as root. Their folders, environments and programs
+    /// must be readable by that user.
+    #[arg(long, env = "CORRAL_PLUGIN_USER")]
+    plugin_user: Option<String>,
 }
 
 impl SupervisorArgs {
@@ -304,6 +309,12 @@ impl SupervisorArgs {
             plugin_host: self.plugin_host,
             admin_token,
             confine_plugins: !self.unconfined_plugins,
+            plugin_user: self
+                .plugin_user
+                .as_deref()
+                .map(corral_supervisor::confine::PluginUser::lookup)
+                .transpose()
+                .map_err(|error| anyhow::anyhow!("--plugin-user: {error}"))?,
         })
     }
 }

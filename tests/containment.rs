@@ -141,3 +141,46 @@ async fn a_plugin_cannot_read_the_database_the_files_or_another_plugin() {
     // Its own folder stays readable.
     assert!(log.contains(&format!("read {}: ", own.display())), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_run_as_the_plugin_user_when_corral_runs_as_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs plugins as another user, which needs root: run the tests as root"
+    );
+    // The user must reach the binaries: run copies from a folder it can read.
+    let bin = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["corral", "examples/rogue"] {
+        let from = common::built(name);
+        let to = bin.path().join(from.file_name().unwrap());
+        std::fs::copy(&from, &to).unwrap();
+    }
+    let folders = PluginFolders::new();
+    std::fs::set_permissions(folders.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    folders.add(
+        "rogue",
+        &format!(
+            "command = {:?}\n",
+            bin.path().join("rogue").display().to_string()
+        ),
+    );
+    std::fs::set_permissions(
+        folders.path().join("rogue"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let database = TestDatabase::new(Db::Sqlite).await;
+    let mut command = common::serve::serve_command_of(
+        &bin.path().join("corral"),
+        database.data_dir.path(),
+        &[folders.path()],
+    );
+    command.args(["--plugin-user", "nobody"]);
+    let corral = Corral::start_command(command);
+    corral.wait_for_plugins(&[ROGUE]).await;
+    let log = rogue(&corral, &[("mode", "whoami")]).await;
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert!(log.contains(&format!("uid: {}", nobody.uid)), "{log}");
+}

@@ -7,6 +7,7 @@
 //! without a result), `big-output` (`size` bytes in 1 MiB chunks), `admin`
 //! (calls the supervisor's Admin API to stop plugin `target`, with no token),
 //! `read` (tries to read each of the comma-separated `paths`, file or folder),
+//! `whoami` (logs `uid: N`, its real user id, from `/proc/self/status`),
 //! each logging what happened; anything else: a well-behaved success.
 
 use std::{net::SocketAddr, pin::Pin};
@@ -134,6 +135,21 @@ impl Plugin for Rogue {
                 let target = inputs.get("target").cloned().unwrap_or_default();
                 let text = format!("admin: {}", stop_plugin(target).await);
                 vec![log(text), event(Event::Result(pb::TaskResult {}))]
+            }
+            "whoami" => {
+                let uid = std::fs::read_to_string("/proc/self/status")
+                    .ok()
+                    .and_then(|status| {
+                        status
+                            .lines()
+                            .find_map(|line| line.strip_prefix("Uid:"))
+                            .and_then(|ids| ids.split_whitespace().next().map(str::to_owned))
+                    })
+                    .unwrap_or_else(|| "unknown".into());
+                vec![
+                    log(format!("uid: {uid}")),
+                    event(Event::Result(pb::TaskResult {})),
+                ]
             }
             "read" => {
                 let paths = inputs.get("paths").cloned().unwrap_or_default();

@@ -158,6 +158,32 @@ fn program_root(program: &Path) -> PathBuf {
     }
 }
 
+/// The user plugins run as (when the supervisor runs as root, so that no
+/// plugin has root's powers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginUser {
+    /// Its user id.
+    pub uid: u32,
+    /// Its primary group id.
+    pub gid: u32,
+}
+
+impl PluginUser {
+    /// A user by name or number; its primary group goes with it.
+    pub fn lookup(name: &str) -> Result<Self, String> {
+        let user = match name.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+            Err(_) => nix::unistd::User::from_name(name),
+        }
+        .map_err(|error| format!("cannot look up the user `{name}`: {error}"))?
+        .ok_or_else(|| format!("there is no user `{name}`"))?;
+        Ok(Self {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+}
+
 /// Whether this kernel can confine plugins (checked once at start, without
 /// restricting the supervisor).
 pub fn available() -> bool {
@@ -209,6 +235,17 @@ mod tests {
             2 * (confinement.read.len() + confinement.write.len())
         );
         assert_eq!(arguments[0], "--read");
+    }
+
+    #[test]
+    fn plugin_users_are_found_by_name_or_number() {
+        let root = PluginUser::lookup("root").expect("root exists");
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(PluginUser::lookup("0"), Ok(root));
+        assert_eq!(
+            PluginUser::lookup("no-such-user-here"),
+            Err("there is no user `no-such-user-here`".into())
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::{
     backoff::{RestartDecision, RestartTracker},
-    confine::Confinement,
+    confine::{Confinement, PluginUser},
     environment::{self, EnvironmentKind, Prepared},
     error::SupervisorError,
     logs::{self, LogBuffer, LogStream},
@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     /// Where each plugin's private temporary folder is made, when plugins are
     /// confined; `None`: they run unconfined.
     pub(crate) confined_in: Option<PathBuf>,
+    /// The user plugins run as; `None`: the supervisor's.
+    pub(crate) plugin_user: Option<PluginUser>,
 }
 
 /// A running process of the plugin.
@@ -903,7 +905,7 @@ impl PluginTask {
         let spawned = spawn::resolve_program(&manifest.command, &self.folder).and_then(|program| {
             let confinement = match &self.shared.confined_in {
                 Some(scratch) => {
-                    let temporary = private_folder(scratch, &self.name)?;
+                    let temporary = private_folder(scratch, &self.name, self.shared.plugin_user)?;
                     env.push(("TMPDIR".into(), temporary.display().to_string()));
                     Some(Confinement::for_plugin(
                         &self.folder,
@@ -922,6 +924,7 @@ impl PluginTask {
                 env,
                 limits: &manifest.limits,
                 confinement: confinement.as_ref(),
+                user: self.shared.plugin_user,
             })
             .map_err(|error| format!("failed to spawn {}: {error}", program.display()))
         });
@@ -1149,8 +1152,13 @@ fn is_pep440(version: &str) -> bool {
         .is_some_and(|pattern| pattern.is_match(version))
 }
 
-/// A plugin's private temporary folder (owner-only), made when missing.
-fn private_folder(scratch: &Path, plugin: &str) -> Result<PathBuf, String> {
+/// A plugin's private temporary folder (owner-only, owned by the plugin's
+/// user), made when missing.
+fn private_folder(
+    scratch: &Path,
+    plugin: &str,
+    user: Option<PluginUser>,
+) -> Result<PathBuf, String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let folder = scratch.join(plugin);
     std::fs::DirBuilder::new()
@@ -1158,6 +1166,10 @@ fn private_folder(scratch: &Path, plugin: &str) -> Result<PathBuf, String> {
         .mode(0o700)
         .create(&folder)
         .and_then(|()| std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)))
+        .and_then(|()| match user {
+            Some(user) => std::os::unix::fs::chown(&folder, Some(user.uid), Some(user.gid)),
+            None => Ok(()),
+        })
         .map_err(|error| {
             format!(
                 "failed to make the temporary folder {}: {error}",

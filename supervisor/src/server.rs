@@ -25,6 +25,8 @@ pub struct SupervisorConfig {
     pub admin_token: String,
     /// Whether plugins run confined (Landlock); see [`crate::confine`].
     pub confine_plugins: bool,
+    /// The user plugins run as; `None`: the supervisor's own.
+    pub plugin_user: Option<crate::confine::PluginUser>,
 }
 
 /// Why the supervisor could not run.
@@ -111,12 +113,18 @@ impl RunningSupervisor {
             );
             None
         };
+        if config.plugin_user.is_none() && nix::unistd::geteuid().is_root() {
+            tracing::warn!(
+                "plugins run as root: give --plugin-user to run them as a user of their own"
+            );
+        }
         let supervisor = Arc::new(
             Supervisor::start(
                 &config.plugin_folders,
                 registry,
                 config.plugin_host.clone(),
                 confined_in.clone(),
+                config.plugin_user,
             )
             .map_err(ServeError::PluginFolders)?,
         );

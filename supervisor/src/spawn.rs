@@ -21,7 +21,10 @@ use nix::{
 };
 use tokio::process::{Child, Command};
 
-use crate::{confine::Confinement, manifest::Limits};
+use crate::{
+    confine::{Confinement, PluginUser},
+    manifest::Limits,
+};
 
 /// What to run, fully resolved.
 #[derive(Debug)]
@@ -34,6 +37,8 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) limits: &'a Limits,
     /// Run through `corral confine` with these paths; `None`: unconfined.
     pub(crate) confinement: Option<&'a Confinement>,
+    /// Run as this user (and its primary group, no other groups).
+    pub(crate) user: Option<PluginUser>,
 }
 
 /// Spawns the plugin process as the leader of a new process group, with stdin
@@ -62,6 +67,10 @@ pub(crate) fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(user) = spec.user {
+        // The standard library drops the supplementary groups with them.
+        command.uid(user.uid).gid(user.gid);
+    }
     let limits = rlimits(spec.limits);
     let supervisor_pid = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec; it only makes

@@ -38,6 +38,7 @@ impl Supervisor {
         registry: String,
         plugin_host: Option<String>,
         confined_in: Option<PathBuf>,
+        plugin_user: Option<crate::confine::PluginUser>,
     ) -> std::io::Result<Self> {
         let discovered = manifest::discover(plugin_folders)?;
         let shared = Arc::new(Shared {
@@ -48,6 +49,7 @@ impl Supervisor {
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             confined_in,
+            plugin_user,
         });
         let mut tasks = JoinSet::new();
         let mut plugins = Vec::with_capacity(discovered.len());

@@ -149,7 +149,16 @@ pub struct Corral {
 /// `corral serve` on free ports with `data_dir` and `plugin_folders`; the
 /// database is the embedded default unless the caller adds one.
 pub fn serve_command(data_dir: &Path, plugin_folders: &[&Path]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    serve_command_of(
+        Path::new(env!("CARGO_BIN_EXE_corral")),
+        data_dir,
+        plugin_folders,
+    )
+}
+
+/// The same with another `corral` binary (e.g. a copy).
+pub fn serve_command_of(binary: &Path, data_dir: &Path, plugin_folders: &[&Path]) -> Command {
+    let mut command = Command::new(binary);
     command
         .args([
             "serve",
