@@ -106,8 +106,17 @@ pub fn python_manifest(plugin: &str) -> Result<String> {
     if !python.is_file() {
         bail!("the environment of {plugin} is missing: run `corral envs` (scripts/bench does)");
     }
+    // The plugin is confined to the benchmark's folder: it may also read its
+    // own folder in the repository and the SDK it has installed editable.
+    let readable = [
+        folder.clone(),
+        repo().join("sdk-python/src"),
+        repo().join("plugins/qiskit-simulator-common"),
+    ]
+    .map(|path| format!("{:?}", path.display().to_string()))
+    .join(", ");
     Ok(format!(
-        "command = {:?}\nargs = [\"plugin.py\"]\nworking_dir = {:?}\n\
+        "command = {:?}\nargs = [\"plugin.py\"]\nworking_dir = {:?}\nallow_read = [{readable}]\n\
          [env]\nPYTHONUNBUFFERED = \"1\"\n{NO_BACKOFF}",
         python.display().to_string(),
         folder.display().to_string()
