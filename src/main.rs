@@ -371,6 +371,18 @@ fn refuse_secrets_on_argv(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The trampoline reads no config file (the plugin's arguments and
+    // environment are not ours) and starts nothing.
+    if args.get(1).is_some_and(|arg| arg == "confine") {
+        return match Cli::try_parse_from(&args) {
+            Ok(Cli {
+                command: Command::Confine(confine_args),
+                ..
+            }) => confine(confine_args),
+            Ok(_) => ExitCode::from(2),
+            Err(error) => error.exit(),
+        };
+    }
     if let Err(error) = refuse_secrets_on_argv(&args) {
         eprintln!("corral: {error}");
         return ExitCode::FAILURE;

@@ -247,6 +247,9 @@ async fn watch_once(
         .await?
         .into_inner()
         .plugins
+        .into_iter()
+        .map(|plugin| plugin.plugin)
+        .collect::<std::collections::HashSet<_>>()
         .len();
     let mut stream = admin
         .watch_plugins(WatchPluginsRequest {})

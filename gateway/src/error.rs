@@ -91,7 +91,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         if error.is_unavailable() {
-            tracing::warn!(%error, "database unavailable");
+            // Each refused request would be a line: /ready and the runner's
+            // retries report the outage.
+            tracing::debug!(%error, "database unavailable");
             return Self::Unavailable("The database is unavailable; try again shortly.".into());
         }
         Self::Internal(Box::new(error))

@@ -382,9 +382,14 @@ impl StoreError {
             // crashed, cannot connect now, idle timeout), 57014 (statement
             // timeout), 53300 (too many connections). SQLite: 5 (busy), 6 (locked).
             sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+                // SQLite's extended codes keep the primary one in the low byte.
+                let sqlite_busy_or_locked = code
+                    .parse::<u32>()
+                    .is_ok_and(|number| matches!(number & 0xff, 5 | 6));
                 code.starts_with("08")
                     || code.starts_with("57P")
-                    || matches!(&*code, "57014" | "53300" | "5" | "6")
+                    || matches!(&*code, "57014" | "53300")
+                    || sqlite_busy_or_locked
             }),
             _ => false,
         }
@@ -424,7 +429,15 @@ where
             .unwrap_or(Err(StoreError::TimedOut(READ_TIMEOUT)))
     };
     match bounded().await {
-        Err(error) if error.is_unavailable() && !matches!(error, StoreError::TimedOut(_)) => {
+        // A broken connection is worth a second try; no connection in time,
+        // or no answer in time, is the outage itself.
+        Err(error)
+            if error.is_unavailable()
+                && !matches!(
+                    error,
+                    StoreError::TimedOut(_) | StoreError::Database(sqlx::Error::PoolTimedOut)
+                ) =>
+        {
             tracing::debug!(%error, "a read failed on its connection; trying once more");
             bounded().await
         }

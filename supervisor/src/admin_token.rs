@@ -55,7 +55,8 @@ pub fn load_or_create(path: &Path) -> io::Result<String> {
     let token = crate::lifecycle::random_token();
     // A temporary file, renamed into place: a reader never sees a half-written
     // token, and of two processes starting together one token wins.
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let suffix: u64 = rand::random();
+    let temporary = path.with_extension(format!("tmp-{}-{suffix:016x}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -72,7 +72,7 @@ const SYSTEM_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
 pub struct Confinement {
     /// Read and execute (files and folders, with what is beneath).
     pub read: Vec<PathBuf>,
-    /// Read, execute, write, create and remove.
+    /// Read, execute, write, create and remove (but no device nodes).
     pub write: Vec<PathBuf>,
 }
 
@@ -100,11 +100,13 @@ impl Confinement {
         extra_read: &[PathBuf],
         extra_write: &[PathBuf],
     ) -> Self {
+        // The folder is read-only: its manifest and environment files are what
+        // the supervisor reads (and builds from, unconfined) at the next start.
         let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         read.push(program_root(program));
+        read.push(folder.to_owned());
         read.extend(extra_read.iter().map(|path| folder.join(path)));
         let mut write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
-        write.push(folder.to_owned());
         write.push(temporary.to_owned());
         write.extend(extra_write.iter().map(|path| folder.join(path)));
         Self { read, write }
@@ -135,7 +137,7 @@ impl Confinement {
             ))?
             .add_rules(path_beneath_rules(
                 &self.write,
-                AccessFs::from_all(ABI_USED),
+                AccessFs::from_all(ABI_USED) & !(AccessFs::MakeBlock | AccessFs::MakeChar),
             ))?
             .restrict_self()?;
         if status.ruleset == RulesetStatus::NotEnforced {
@@ -146,16 +148,29 @@ impl Confinement {
 }
 
 /// What must be readable to run `program`: the installation it belongs to when
-/// it sits in a `bin` folder (an interpreter needs its standard library beside
-/// it: `.venv/bin/python` leads to the Python it was made from), else the file.
+/// it sits in the `bin` folder of one (beside a `lib` folder: an interpreter
+/// needs its standard library; `.venv/bin/python` leads to the Python it was
+/// made from), else the file alone. Never `/`.
 fn program_root(program: &Path) -> PathBuf {
     let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_owned());
-    match program.parent() {
-        Some(bin) if bin.file_name().is_some_and(|name| name == "bin") => {
-            bin.parent().map_or_else(|| program.clone(), Path::to_owned)
-        }
-        _ => program,
-    }
+    let installation = program
+        .parent()
+        .filter(|bin| bin.file_name().is_some_and(|name| name == "bin"))
+        .and_then(Path::parent)
+        .filter(|prefix| prefix.parent().is_some() && prefix.join("lib").is_dir());
+    installation.map_or(program.clone(), Path::to_owned)
+}
+
+/// A new folder for the plugins' temporary folders: a random name that must
+/// not exist yet (no one can plant a link there), mode 0711 (a plugin user
+/// reaches its own folder beneath, and lists nothing).
+pub fn scratch_folder() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let suffix: u64 = rand::random();
+    let folder = std::env::temp_dir().join(format!("corral-{}-{suffix:016x}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o711).create(&folder)?;
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o711))?;
+    Ok(folder)
 }
 
 /// The user plugins run as (when the supervisor runs as root, so that no
@@ -207,14 +222,25 @@ mod tests {
             &[PathBuf::from("data")],
             &[],
         );
-        assert!(confinement.read.contains(&PathBuf::from("/opt/python")));
+        // No `lib` beside that `bin`: the program alone.
+        assert!(
+            confinement
+                .read
+                .contains(&PathBuf::from("/opt/python/bin/python3"))
+        );
         assert!(
             confinement
                 .read
                 .contains(&PathBuf::from("/srv/plugins/demo/data"))
         );
+        // Its folder is read-only: the supervisor reads its manifest again.
         assert!(
             confinement
+                .read
+                .contains(&PathBuf::from("/srv/plugins/demo"))
+        );
+        assert!(
+            !confinement
                 .write
                 .contains(&PathBuf::from("/srv/plugins/demo"))
         );
@@ -249,10 +275,19 @@ mod tests {
     }
 
     #[test]
-    fn a_program_outside_a_bin_folder_is_allowed_alone() {
+    fn a_program_outside_an_installation_is_allowed_alone() {
         assert_eq!(
             program_root(Path::new("/does/not/exist/plugin")),
             PathBuf::from("/does/not/exist/plugin")
+        );
+        // A `bin` without a `lib` beside it (a home's `bin`) is no installation.
+        assert_eq!(
+            program_root(Path::new("/does/not/exist/bin/tool")),
+            PathBuf::from("/does/not/exist/bin/tool")
+        );
+        assert_eq!(
+            program_root(Path::new("/usr/bin/env")),
+            PathBuf::from("/usr")
         );
     }
 }

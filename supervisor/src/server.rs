@@ -105,7 +105,7 @@ impl RunningSupervisor {
                 return Err(crate::confine::ConfineError::Unavailable.into());
             }
             // Each plugin's private temporary folder is made beneath this one.
-            Some(std::env::temp_dir().join(format!("corral-{}", std::process::id())))
+            Some(crate::confine::scratch_folder().map_err(ServeError::PluginFolders)?)
         } else {
             tracing::warn!(
                 "plugins run unconfined (--unconfined-plugins): each can read and write \
