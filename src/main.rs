@@ -398,10 +398,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    let cli = match cli.command {
-        Command::Confine(args) => return confine(args),
-        command => Cli { command, ..cli },
-    };
     let default_level = if matches!(
         cli.command,
         Command::Ctl(_) | Command::Envs(_) | Command::ApiSpec
@@ -443,7 +439,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", corral_gateway::openapi::document_json());
             Ok(())
         }
-        // Handled in `main`, before a runtime or a log writer exists.
+        // `corral confine …` is run by `main` before anything starts; with a
+        // global flag before it, it is not the supervisor's trampoline.
         Command::Confine(_) => anyhow::bail!("`corral confine` cannot run here"),
     }
 }

@@ -12,7 +12,7 @@ use corral_proto::plugin::v1::{PluginType, RenderRequest};
 
 use super::body;
 use crate::{
-    directory::{LivePlugin, compare_versions},
+    directory::{LivePlugin, PluginTable, compare_versions},
     error::{
         ApiError, ErrorBody, FieldErrors, FormValues, JsonFormValues, MultipartFormValues,
         ValidationErrorBody,
@@ -78,7 +78,7 @@ pub(crate) async fn plugin(
             let location = base.path(&format!("/plugins/{}/", live.identifier));
             Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
         }
-        None => Err(not_found_or_unavailable(&state, &plugin)),
+        None => Err(not_found_or_unavailable(&table, &plugin)),
     }
 }
 
@@ -287,17 +287,17 @@ async fn ready_or_restarted(
 }
 
 /// The ready plugin, or 404 / 503 with a clear message.
+/// (One snapshot answers both: a plugin that becomes ready meanwhile is
+/// never taken for absent.)
 pub(crate) fn ready(state: &AppState, identifier: &str) -> Result<Arc<LivePlugin>, ApiError> {
-    state
-        .directory
-        .snapshot()
+    let table = state.directory.snapshot();
+    table
         .ready(identifier)
         .cloned()
-        .ok_or_else(|| not_found_or_unavailable(state, identifier))
+        .ok_or_else(|| not_found_or_unavailable(&table, identifier))
 }
 
-fn not_found_or_unavailable(state: &AppState, plugin: &str) -> ApiError {
-    let table = state.directory.snapshot();
+fn not_found_or_unavailable(table: &PluginTable, plugin: &str) -> ApiError {
     if !table.knows(plugin) && !table.connected() {
         // Not known to be absent: the supervisor's list is not there.
         return ApiError::Unavailable(
