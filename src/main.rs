@@ -202,6 +202,14 @@ struct GatewayOptions {
     /// for this long (or one that never sends a request) is closed.
     #[arg(long, env = "CORRAL_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     header_timeout: std::time::Duration,
+    /// How long the gateway's lease lasts after its last renewal: the longest
+    /// the running tasks of a gateway that died wait before another adopts
+    /// them (longer rides out a database failover without re-running tasks).
+    #[arg(long, env = "CORRAL_LEASE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
+    /// How often the lease is renewed and orphaned tasks are looked for.
+    #[arg(long, env = "CORRAL_LEASE_RENEW", default_value = "1s", value_parser = humantime::parse_duration)]
+    lease_renew: std::time::Duration,
 }
 
 impl GatewayOptions {
@@ -239,6 +247,13 @@ impl GatewayOptions {
         config.webhook_retry_for = self.webhook_retry_for;
         config.limits.max_connections = self.max_connections;
         config.limits.header_timeout = self.header_timeout;
+        if self.lease_renew.is_zero() || self.lease_ttl < self.lease_renew * 2 {
+            anyhow::bail!("--lease-ttl must be at least twice --lease-renew (which must not be 0)");
+        }
+        config.lease = corral_gateway::LeaseSettings {
+            ttl: self.lease_ttl,
+            renew_every: self.lease_renew,
+        };
         let secret = match &self.jwt_secret_file {
             Some(path) => Some(read_secret(path, "JWT secret")?),
             None => self.jwt_secret.clone(),

@@ -209,6 +209,6 @@ async fn a_retry_safe_task_runs_again_when_a_killed_gateway_comes_back() {
     assert_eq!(status["status"], "SUCCESS", "{status}");
     assert_eq!(
         status["log"],
-        "re-running: the gateway restarted while the task was running\nv1.0.0 says: resumed"
+        "re-running: the gateway running the task went away\nv1.0.0 says: resumed"
     );
 }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use corral_gateway::store::{Batch, FileKind, FileRecord, Notices, Store, TaskStatus};
+use corral_gateway::store::{Batch, Fence, FileKind, FileRecord, Notices, Store, TaskStatus};
 use corral_proto::plugin::v1::{InvokeRequest, invoke_event::Event, plugin_client::PluginClient};
 use futures::future::try_join_all;
 use hyper::StatusCode;
@@ -196,11 +196,20 @@ async fn invoke_once(
 /// with its log line and its output (12 bytes, in the file's row) at once.
 pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Result<Run> {
     let store = Store::connect(database_url).await?;
-    let open = move || {
-        let store = store.clone();
-        async move { Ok(store) }
+    // A lease that outlasts the run, as a gateway's would be renewed.
+    let owner = random_id();
+    store
+        .begin_lease(&owner, &owner, "http://127.0.0.1", 24 * 3600 * 1000)
+        .await?;
+    let fence = Fence {
+        owner: owner.into(),
+        attempt: 1,
     };
-    let job = |store, _| store_one(store);
+    let open = move || {
+        let (store, fence) = (store.clone(), fence.clone());
+        async move { Ok((store, fence)) }
+    };
+    let job = |(store, fence), _| store_one(store, fence);
     drive(WARM_UP.min(n), concurrency, open.clone(), job).await?;
     drive(n, concurrency, open, job).await
 }
@@ -209,7 +218,7 @@ fn random_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-async fn store_one(store: Store) -> Result<Store> {
+async fn store_one(store: Store, fence: Fence) -> Result<(Store, Fence)> {
     let id = random_id();
     store
         .create_task(
@@ -218,6 +227,7 @@ async fn store_one(store: Store) -> Result<Store> {
             r#"{"inputStr":"hello input"}"#,
             "http://127.0.0.1",
             &[],
+            &fence.owner,
         )
         .await?;
     let mut batch = Batch::default();
@@ -245,7 +255,7 @@ async fn store_one(store: Store) -> Result<Store> {
         events: &["status", "details"],
     };
     store
-        .finish(&id, TaskStatus::Success, &batch, notices)
+        .finish(&id, &fence, TaskStatus::Success, &batch, notices)
         .await?;
-    Ok(store)
+    Ok((store, fence))
 }

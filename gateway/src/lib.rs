@@ -14,6 +14,7 @@ mod error;
 pub mod files;
 mod forms;
 mod ids;
+mod lease;
 mod live;
 mod metrics;
 pub mod openapi;
@@ -33,12 +34,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError};
 pub use error::ApiError;
+pub use lease::LeaseSettings;
 pub use server::ConnectionLimits;
 pub use state::GatewayConfig;
 
 use crate::{
     directory::{Directory, SupervisorLink},
     files::LocalFileStore,
+    lease::Lease,
     live::LiveEvents,
     runner::Runner,
     state::{AppState, Settings},
@@ -75,7 +78,8 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     /// Opens the database (applying migrations), the file store, binds the
-    /// port, follows the supervisor, and resumes unfinished tasks.
+    /// port, takes a lease, follows the supervisor, and adopts the running
+    /// calls of gateways that went away (this one's previous start among them).
     pub async fn start(config: &GatewayConfig) -> Result<Self, GatewayError> {
         let store = Store::connect(&config.database_url).await?;
         let files_root = files::local_root(&config.data_dir);
@@ -99,11 +103,24 @@ impl RunningGateway {
             source,
         })?;
         let shutdown = CancellationToken::new();
-        webhooks::deliver_notices(store.clone(), config.webhook_retry_for, shutdown.clone())
-            .map_err(|error| GatewayError::Io {
-                what: "failed to set up the webhook client".into(),
-                source: std::io::Error::other(error),
-            })?;
+        let lease = Lease::acquire(
+            store.clone(),
+            lease::place(&config.data_dir),
+            format!("http://{local_addr}"),
+            config.lease,
+            shutdown.clone(),
+        )
+        .await?;
+        webhooks::deliver_notices(
+            store.clone(),
+            lease.clone(),
+            config.webhook_retry_for,
+            shutdown.clone(),
+        )
+        .map_err(|error| GatewayError::Io {
+            what: "failed to set up the webhook client".into(),
+            source: std::io::Error::other(error),
+        })?;
         let supervisor = SupervisorLink {
             url: config.supervisor_url.clone(),
             token: corral_proto::admin::AdminToken::new(&config.supervisor_token)
@@ -115,6 +132,7 @@ impl RunningGateway {
             files: Arc::new(files),
             directory: directory.clone(),
             live: LiveEvents::default(),
+            lease,
             running: Default::default(),
             ended: Default::default(),
             closing: Default::default(),
@@ -137,10 +155,7 @@ impl RunningGateway {
             runner,
             auth: Arc::new(config.auth.clone()),
         };
-        let resumed = state.runner.recover().await?;
-        if resumed > 0 {
-            tracing::info!(tasks = resumed, "resuming unfinished tasks");
-        }
+        tokio::spawn(state.runner.clone().adopt_orphans(config.lease.renew_every));
         Ok(Self {
             listener,
             limits: config.limits.clone(),
@@ -165,6 +180,7 @@ impl RunningGateway {
         grace: std::time::Duration,
     ) -> Result<(), GatewayError> {
         let runner = self.state.runner.clone();
+        let (store, lease) = (self.state.store.clone(), runner.lease.clone());
         let router = routes::router(self.state);
         // Stop taking connections at once; meanwhile running tasks get their grace,
         // then event streams end (which lets their connections close).
@@ -188,6 +204,14 @@ impl RunningGateway {
         stop.cancel();
         if let Err(error) = wind_down.await {
             tracing::error!(%error, "shutdown of running tasks failed");
+        }
+        // What this gateway still owns (calls refused as shutdown began) is
+        // adopted at once by another, or by its next start.
+        if let Some(holder) = lease.holder() {
+            let ended = tokio::time::timeout(DRAIN, store.end_lease(&holder.id));
+            if !matches!(ended.await, Ok(Ok(()))) {
+                tracing::warn!("failed to end the gateway's lease; it expires by itself");
+            }
         }
         self.shutdown.cancel();
         Ok(())

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     directory::{Directory, LivePlugin},
     files::{FileSink, FileStore},
+    lease::{Claim, Holder, Lease},
     live::{LiveEvent, LiveEvents},
     store::{
         Batch, CallRecord, FileKind, FileRecord, MAX_LOG_CHARS, Notices, Progress, Store,
@@ -43,6 +44,8 @@ const UNREACHED_TRIES: u32 = 3;
 /// How many times a call of a `retry_safe` plugin may run (after crashes of
 /// the plugin or of the gateway).
 const MAX_RUNS: u32 = 2;
+/// How many orphaned calls one adoption takes.
+const ADOPT_AT_ONCE: i64 = 64;
 /// How long ending one task may take at shutdown (a database that is down
 /// must not hold the exit up).
 const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
@@ -91,15 +94,18 @@ pub(crate) struct Job {
     /// How much log and stream the task has already (their caps are the
     /// task's, across its calls).
     pub(crate) taken: (usize, usize),
+    /// The lease the call runs under, and the run of the call it is.
+    pub(crate) claim: Claim,
 }
 
 impl Job {
-    /// A new task's first call (its row just committed).
+    /// A new task's first call (its row just committed under `holder`'s lease).
     pub(crate) fn start(
         task_id: String,
         plugin: String,
         inputs: BTreeMap<String, String>,
         base: BaseUrl,
+        holder: &Holder,
     ) -> Self {
         Self {
             task_id,
@@ -112,13 +118,18 @@ impl Job {
             counted: true,
             note: None,
             taken: (0, 0),
+            claim: holder.claim(1),
         }
     }
 
-    /// A call as the database holds it (a submitted step, or a call found
-    /// running at start). Fails with the reason when its stored inputs cannot
-    /// be read.
-    pub(crate) fn stored(record: CallRecord, base: BaseUrl) -> Result<Self, String> {
+    /// A call as the database holds it (a submitted step, or a call adopted),
+    /// owned by `holder`'s lease. Fails with the reason when its stored inputs
+    /// cannot be read.
+    pub(crate) fn stored(
+        record: CallRecord,
+        base: BaseUrl,
+        holder: &Holder,
+    ) -> Result<Self, String> {
         let unreadable = |what: &str| format!("the task's stored {what} cannot be read");
         let inputs = serde_json::from_str(&record.inputs).map_err(|_| unreadable("inputs"))?;
         let call = match record.step_id {
@@ -144,6 +155,7 @@ impl Job {
                 usize::try_from(record.log_chars).unwrap_or(usize::MAX),
                 usize::try_from(record.event_chars).unwrap_or(usize::MAX),
             ),
+            claim: holder.claim(record.attempts),
         })
     }
 }
@@ -155,6 +167,7 @@ pub(crate) struct Runner {
     pub(crate) files: Arc<dyn FileStore>,
     pub(crate) directory: Directory,
     pub(crate) live: LiveEvents,
+    pub(crate) lease: Lease,
     /// Running calls by task: ending a task from outside (shutdown) stops its
     /// runner. The base URL is for the links of a failure ended from outside.
     pub(crate) running: Arc<Mutex<HashMap<String, RunningCall>>>,
@@ -175,6 +188,8 @@ pub(crate) struct RunningCall {
     number: u64,
     cancel: CancellationToken,
     base: BaseUrl,
+    /// Its lease (any run of the call: it is ended from outside).
+    claim: Claim,
 }
 
 /// How one invocation ended.
@@ -200,7 +215,8 @@ impl Runner {
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let runner = self.clone();
         let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
-        let cancel = CancellationToken::new();
+        // A call stops when its lease is lost: its task is another gateway's then.
+        let cancel = job.claim.lost.child_token();
         let number = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut running = self.lock_running();
@@ -208,21 +224,29 @@ impl Runner {
                 tracing::info!(task = %job.task_id, "not started: the gateway is shutting down");
                 return false;
             }
+            let mut claim = job.claim.clone();
+            claim.fence.attempt = -1;
             let call = RunningCall {
                 number,
                 cancel: cancel.clone(),
                 base: job.base.clone(),
+                claim,
             };
             running.insert(job.task_id.clone(), call);
         }
         let task = async move {
             runner.metrics.task_started();
-            let (task_id, base) = (job.task_id.clone(), job.base.clone());
+            let (task_id, base, claim) = (job.task_id.clone(), job.base.clone(), job.claim.clone());
             if let Err(error) = runner.run(job, &cancel).await {
                 tracing::error!(task = %task_id, %error, "task runner failed");
-                let reason = "the gateway could not record the task's progress";
-                if let Err(error) = runner.end_failed(&task_id, reason, &base).await {
-                    tracing::error!(task = %task_id, %error, "failed to end a task");
+                // A lost lease's task is another gateway's to end.
+                if !claim.lost.is_cancelled() {
+                    let reason = "the gateway could not record the task's progress";
+                    let mut claim = claim;
+                    claim.fence.attempt = -1;
+                    if let Err(error) = runner.end_failed(&task_id, &claim, reason, &base).await {
+                        tracing::error!(task = %task_id, %error, "failed to end a task");
+                    }
                 }
             }
             {
@@ -268,15 +292,17 @@ impl Runner {
                 () = immediate.cancelled() => break,
             }
         }
-        let remaining: Vec<(String, BaseUrl)> = self
+        let remaining: Vec<(String, BaseUrl, Claim)> = self
             .lock_running()
             .iter()
-            .map(|(task_id, call)| (task_id.clone(), call.base.clone()))
+            .map(|(task_id, call)| (task_id.clone(), call.base.clone(), call.claim.clone()))
             .collect();
-        for (task_id, base) in remaining {
+        for (task_id, base, claim) in remaining {
             let reason = "the gateway shut down before the task finished";
-            let ended =
-                tokio::time::timeout(FINISH_AT_SHUTDOWN, self.end_failed(&task_id, reason, &base));
+            let ended = tokio::time::timeout(
+                FINISH_AT_SHUTDOWN,
+                self.end_failed(&task_id, &claim, reason, &base),
+            );
             match ended.await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -298,51 +324,83 @@ impl Runner {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Takes up the calls a previous gateway left running (tasks waiting for a
-    /// step are not running and stay as they are): run again where the plugin
-    /// says its tasks are safe to retry, from their last state; else fail with
-    /// the reason.
-    pub(crate) async fn recover(&self) -> Result<usize, StoreError> {
-        let running = self.store.running_tasks().await?;
-        let count = running.len();
-        for record in running {
-            let runner = self.clone();
-            tokio::spawn(async move {
-                let base = BaseUrl::new(record.base_url.clone(), "");
-                let (task_id, plugin) = (record.id.clone(), record.plugin.clone());
-                let reason = match runner.recovered(record, base.clone()).await {
-                    Ok(job) => {
-                        // Refused only at shutdown: the next start takes it up.
-                        let _started = runner.spawn(job);
-                        return;
+    /// Adopts, until shutdown, the calls whose gateway's lease expired (a
+    /// gateway that died or lost its link, this one's previous start among
+    /// them), at once and then every `every`. Tasks waiting for a step run no
+    /// call and are not touched.
+    pub(crate) async fn adopt_orphans(self, every: Duration) {
+        loop {
+            if let Some(holder) = self.lease.holder()
+                && !self.shutdown_begun()
+            {
+                match self.store.adopt(&holder.id, ADOPT_AT_ONCE).await {
+                    Ok(calls) => {
+                        let full = calls.len() as i64 >= ADOPT_AT_ONCE;
+                        if !calls.is_empty() {
+                            tracing::info!(
+                                tasks = calls.len(),
+                                "adopting running tasks of a gateway that went away"
+                            );
+                        }
+                        for record in calls {
+                            tokio::spawn(self.clone().take_up(record, holder.clone()));
+                        }
+                        if full {
+                            continue;
+                        }
                     }
-                    Err(reason) => reason,
-                };
-                tracing::info!(task = %task_id, %plugin, %reason, "ending a task found running");
-                if let Err(error) = runner.end_failed(&task_id, &reason, &base).await {
-                    tracing::error!(task = %task_id, %error, "failed to end a task found running");
+                    Err(error) => tracing::warn!(%error, "failed to look for orphaned tasks"),
                 }
-            });
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.shutdown.cancelled() => return,
+            }
         }
-        Ok(count)
     }
 
-    /// The job that runs a call found running at start again, or why it cannot.
-    async fn recovered(&self, record: CallRecord, base: BaseUrl) -> Result<Job, String> {
+    /// Runs an adopted call again where the plugin says its tasks are safe to
+    /// retry, from their last state; else ends its task with the reason.
+    async fn take_up(self, record: CallRecord, holder: Holder) {
+        let base = BaseUrl::new(record.base_url.clone(), "");
+        let (task_id, plugin) = (record.id.clone(), record.plugin.clone());
+        let mut claim = holder.claim(record.attempts);
+        let reason = match self.adopted(record, base.clone(), &holder).await {
+            Ok(job) => {
+                // Refused only at shutdown: another gateway (or the next start) adopts it.
+                let _started = self.spawn(job);
+                return;
+            }
+            Err(reason) => reason,
+        };
+        tracing::info!(task = %task_id, %plugin, %reason, "ending an adopted task");
+        claim.fence.attempt = -1;
+        if let Err(error) = self.end_failed(&task_id, &claim, &reason, &base).await {
+            tracing::error!(task = %task_id, %error, "failed to end an adopted task");
+        }
+    }
+
+    /// The job that runs an adopted call again, or why it cannot.
+    async fn adopted(
+        &self,
+        record: CallRecord,
+        base: BaseUrl,
+        holder: &Holder,
+    ) -> Result<Job, String> {
         let plugin = record.plugin.clone();
-        let mut job = Job::stored(record, base)?;
+        let mut job = Job::stored(record, base, holder)?;
         let Some(live) = self.wait_until_ready(&plugin, READY_WAIT).await else {
             return Err(format!(
-                "the gateway restarted while the task was running, and plugin {plugin} did not become ready again"
+                "the gateway running the task went away, and plugin {plugin} did not become ready again"
             ));
         };
         if !live.retry_safe {
-            return Err("the gateway restarted while the task was running; \
+            return Err("the gateway running the task went away; \
                         the plugin's tasks are not safe to run again"
                 .into());
         }
         job.counted = false;
-        job.note = Some("re-running: the gateway restarted while the task was running");
+        job.note = Some("re-running: the gateway running the task went away");
         Ok(job)
     }
 
@@ -363,7 +421,7 @@ impl Runner {
             }
             if attempt > MAX_RUNS {
                 let reason = format!(
-                    "the gateway restarted while the task was running, \
+                    "the gateway running the task went away, \
                      and the call had run {MAX_RUNS} times already"
                 );
                 return self.fail(&job, &reason, pending).await;
@@ -385,16 +443,27 @@ impl Runner {
             let crash = match outcome {
                 Outcome::Success => {
                     return self
-                        .finish(&job.task_id, TaskStatus::Success, None, &job.base, pending)
+                        .finish(
+                            &job.task_id,
+                            &job.claim,
+                            TaskStatus::Success,
+                            None,
+                            &job.base,
+                            pending,
+                        )
                         .await;
                 }
                 Outcome::Failure(reason) => return self.fail(&job, &reason, pending).await,
                 // Stored with its step: nothing runs until it is submitted.
                 Outcome::Waiting => return Ok(()),
                 Outcome::Interrupted => {
-                    // The row stays as it is (ended from outside, or `PENDING` for the
-                    // next start); what the plugin said so far is kept if it still runs.
-                    return self.write(&job.task_id, &mut pending).await;
+                    // The row stays as it is (ended from outside, or `PENDING` for
+                    // the gateway that adopts it); what the plugin said so far is
+                    // kept if the task is still this gateway's.
+                    if job.claim.lost.is_cancelled() {
+                        return Ok(());
+                    }
+                    return self.write(&job, &mut pending).await;
                 }
                 Outcome::Unreached(reason) if unreached < UNREACHED_TRIES => {
                     // Nothing ran: the same attempt, once the plugin is back.
@@ -414,7 +483,7 @@ impl Runner {
                 return self.fail(&job, &crash, pending).await;
             }
             pending.log(&format!("{crash}; running the task again"));
-            self.write(&job.task_id, &mut pending).await?;
+            self.write(&job, &mut pending).await?;
             match self.begin_attempt(&mut job).await? {
                 Some(next) => attempt = next,
                 // Ended from outside meanwhile.
@@ -427,7 +496,9 @@ impl Runner {
     /// state the task saved. `None`: the task has ended meanwhile.
     async fn begin_attempt(&self, job: &mut Job) -> Result<Option<u32>, StoreError> {
         let Some(attempt) = self
-            .durably(|| self.store.begin_attempt(&job.task_id))
+            .durably(&job.claim, || {
+                self.store.begin_attempt(&job.task_id, &job.claim.fence)
+            })
             .await?
         else {
             return Ok(None);
@@ -439,12 +510,14 @@ impl Runner {
         }
         job.state = attempt.state;
         job.outputs = attempt.state_outputs;
+        job.claim.fence.attempt = attempt.attempts;
         Ok(Some(u32::try_from(attempt.attempts).unwrap_or(u32::MAX)))
     }
 
     async fn fail(&self, job: &Job, reason: &str, pending: Pending) -> Result<(), StoreError> {
         self.finish(
             &job.task_id,
+            &job.claim,
             TaskStatus::Failure,
             Some(reason),
             &job.base,
@@ -456,12 +529,18 @@ impl Runner {
     /// Writes the task's pending events, then publishes them: a follower's
     /// snapshot (read after it subscribed) and the events it receives leave no
     /// gap, and a file it is told of can be fetched.
-    async fn write(&self, task_id: &str, pending: &mut Pending) -> Result<(), StoreError> {
+    async fn write(&self, job: &Job, pending: &mut Pending) -> Result<(), StoreError> {
         let (batch, events) = pending.take();
         if batch.is_empty() {
             return Ok(());
         }
-        if let Some(count) = self.durably(|| self.store.write(task_id, &batch)).await? {
+        let task_id = &job.task_id;
+        let written = self
+            .durably(&job.claim, || {
+                self.store.write(task_id, &job.claim.fence, &batch)
+            })
+            .await?;
+        if let Some(count) = written {
             self.publish(task_id, numbered(events, count));
         }
         Ok(())
@@ -521,7 +600,7 @@ impl Runner {
                 let write_by = pending.due();
                 let message = tokio::select! {
                     () = sleep_until(write_by), if write_by.is_some() => {
-                        self.write(&job.task_id, pending).await?;
+                        self.write(job, pending).await?;
                         continue;
                     }
                     () = self.shutdown.cancelled() => return Ok(Outcome::Interrupted),
@@ -566,7 +645,7 @@ impl Runner {
                     }
                     Action::Checkpoint(state) => {
                         pending.batch.state = Some((state, rules.outputs));
-                        self.write(&job.task_id, pending).await?;
+                        self.write(job, pending).await?;
                     }
                     Action::Wait {
                         step_id,
@@ -607,9 +686,15 @@ impl Runner {
         };
         let form = crate::ui::encode_form(form);
         let stored = self
-            .durably(|| {
-                self.store
-                    .wait_for_step(&job.task_id, step_id, &form, &batch, notices)
+            .durably(&job.claim, || {
+                self.store.wait_for_step(
+                    &job.task_id,
+                    &job.claim.fence,
+                    step_id,
+                    &form,
+                    &batch,
+                    notices,
+                )
             })
             .await?;
         if let Some(count) = stored {
@@ -624,11 +709,13 @@ impl Runner {
     pub(crate) async fn end_failed(
         &self,
         task_id: &str,
+        claim: &Claim,
         reason: &str,
         base: &BaseUrl,
     ) -> Result<(), StoreError> {
         self.finish(
             task_id,
+            claim,
             TaskStatus::Failure,
             Some(reason),
             base,
@@ -642,6 +729,7 @@ impl Runner {
     pub(crate) async fn finish(
         &self,
         task_id: &str,
+        claim: &Claim,
         status: TaskStatus,
         reason: Option<&str>,
         base: &BaseUrl,
@@ -661,7 +749,10 @@ impl Runner {
             ],
         };
         let Some(record) = self
-            .durably(|| self.store.finish(task_id, status, &batch, notices))
+            .durably(claim, || {
+                self.store
+                    .finish(task_id, &claim.fence, status, &batch, notices)
+            })
             .await?
         else {
             return Ok(());
@@ -721,22 +812,25 @@ impl Runner {
     }
 
     /// Runs a write of a task's progress until the database takes it: while it
-    /// is unavailable the write is tried again, with backoff, until it is back
-    /// or the gateway shuts down (the task then stays `PENDING` for the next
-    /// start). Meanwhile the plugin's stream waits: gRPC flow control holds it.
-    async fn durably<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
+    /// is unavailable the write is tried again, with backoff, until it is back,
+    /// the gateway shuts down, or the claim's lease is lost (the task then
+    /// stays `PENDING` for the gateway that adopts it). Meanwhile the plugin's
+    /// stream waits: gRPC flow control holds it.
+    async fn durably<T, F, Fut>(&self, claim: &Claim, write: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let mut delay = Duration::from_millis(100);
         loop {
+            let stopped = self.shutdown.is_cancelled() || claim.lost.is_cancelled();
             match write().await {
-                Err(error) if error.is_unavailable() && !self.shutdown.is_cancelled() => {
+                Err(error) if error.is_unavailable() && !stopped => {
                     tracing::warn!(%error, retry_in = ?delay, "the database is unavailable; holding the task's progress");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = self.shutdown.cancelled() => return Err(error),
+                        () = claim.lost.cancelled() => return Err(error),
                     }
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }

@@ -31,6 +31,8 @@ pub struct GatewayConfig {
     pub webhook_retry_for: std::time::Duration,
     /// Connection cap and timeouts of the HTTP server.
     pub limits: crate::ConnectionLimits,
+    /// The gateway's lease (several gateways on one database).
+    pub lease: crate::LeaseSettings,
 }
 
 impl GatewayConfig {
@@ -54,6 +56,7 @@ impl GatewayConfig {
             auth: AuthConfig::default(),
             webhook_retry_for: std::time::Duration::from_secs(60 * 60),
             limits: crate::ConnectionLimits::default(),
+            lease: crate::LeaseSettings::default(),
         }
     }
 }

@@ -165,6 +165,8 @@ pub struct CallRecord {
     pub plugin: String,
     /// The base URL its client used.
     pub base_url: String,
+    /// Runs of the task's current call so far (the fence of its writes).
+    pub attempts: i64,
     /// The task's validated inputs, as JSON.
     pub inputs: String,
     /// The state of the last step or checkpoint (JSON).
@@ -208,6 +210,26 @@ pub struct UnfinishedTasks {
     pub running: i64,
 }
 
+/// A gateway's lease, for operators.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRecord {
+    /// The lease's id (one per start of a gateway).
+    pub id: String,
+    /// Its host and data directory.
+    pub place: String,
+    /// Its HTTP address.
+    pub url: String,
+    /// Unix milliseconds (the database's clock).
+    pub started_at: i64,
+    /// Unix milliseconds (the database's clock).
+    pub expires_at: i64,
+    /// 1 while the lease is live.
+    pub live: i64,
+    /// Running calls it owns.
+    pub running: i64,
+}
+
 /// A webhook notice waiting for delivery.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Notice {
@@ -236,20 +258,101 @@ pub struct Notices<'a> {
 }
 
 /// The columns a [`Batch`] sets, with [`Batch::update`]'s parameters.
-macro_rules! batch_columns {
-    () => {
-        "log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
+const BATCH_COLUMNS: &str = "log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN $2 ELSE log || $3 END, \
          progress_value = COALESCE($4, progress_value), \
          progress_start = COALESCE($5, progress_start), \
          progress_target = COALESCE($6, progress_target), \
          progress_unit = COALESCE($7, progress_unit), updated_at = $8, \
          events = events || $9, event_count = event_count + $10, \
-         state = COALESCE($11, state), state_outputs = COALESCE($12, state_outputs)"
-    };
+         state = COALESCE($11, state), state_outputs = COALESCE($12, state_outputs)";
+
+/// The condition every write of a running task adds: the task is the
+/// fence's (owner $13, attempt $14, or any attempt when $14 is negative) and
+/// the owner's lease is live by the database's clock (`{now}`).
+const FENCED: &str = "owner = $13 AND ($14 < 0 OR attempts = $14) AND EXISTS \
+                      (SELECT 1 FROM gateways g WHERE g.id = $13 AND g.expires_at > {now})";
+
+/// Who may write a running task: the gateway whose lease runs its call, and
+/// which run of the call (negative: any, for an end from outside the call).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// The lease's id (a random id per gateway start).
+    pub owner: Arc<str>,
+    /// The task's `attempts` when the call began its run.
+    pub attempt: i64,
+}
+
+/// The statements that depend on the database's dialect: its clock, and the
+/// fenced writes of running tasks.
+#[derive(Debug)]
+struct Statements {
+    /// The database's clock in Unix milliseconds, an SQL expression.
+    now: &'static str,
+    write: String,
+    wait: String,
+    end: String,
+    begin_attempt: String,
+    adopt: String,
+}
+
+impl Statements {
+    fn new(postgres: bool) -> Self {
+        let now = if postgres {
+            "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+        } else {
+            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+        };
+        let fence = FENCED.replace("{now}", now);
+        // Rows are claimed one by one on PostgreSQL; SQLite has one writer.
+        let skip_locked = if postgres {
+            "FOR UPDATE OF t SKIP LOCKED"
+        } else {
+            ""
+        };
+        Self {
+            now,
+            write: format!(
+                "UPDATE tasks SET {BATCH_COLUMNS} WHERE id = $1 AND status = 'PENDING' \
+                 AND {fence} RETURNING event_count"
+            ),
+            // The task waits: it belongs to no gateway until its step is submitted.
+            wait: format!(
+                "UPDATE tasks SET owner = NULL, {BATCH_COLUMNS} WHERE id = $1 \
+                 AND status = 'PENDING' AND {fence} RETURNING event_count"
+            ),
+            // A task waiting for a step has no call that could end it: an end
+            // racing the step's commit (a shutdown's) leaves it waiting.
+            end: format!(
+                "UPDATE tasks SET status = $15, finished_at = $8, {BATCH_COLUMNS} \
+                 WHERE id = $1 AND status = 'PENDING' AND {fence} AND NOT EXISTS \
+                 (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
+                 RETURNING plugin, created_at, event_count"
+            ),
+            begin_attempt: format!(
+                "UPDATE tasks SET attempts = attempts + 1, updated_at = $2 \
+                 WHERE id = $1 AND status = 'PENDING' AND {} \
+                 RETURNING attempts, state, state_outputs",
+                fence.replace("$13", "$3").replace("$14", "$4")
+            ),
+            // The running calls of gateways whose lease expired (or of none),
+            // oldest first, taken by a live lease in one statement.
+            adopt: format!(
+                "WITH orphans AS (SELECT t.id FROM tasks t WHERE t.status = 'PENDING' \
+                 AND NOT EXISTS (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0) \
+                 AND (t.owner IS NULL OR NOT EXISTS \
+                   (SELECT 1 FROM gateways g WHERE g.id = t.owner AND g.expires_at > {now})) \
+                 ORDER BY t.created_at LIMIT $3 {skip_locked}) \
+                 UPDATE tasks SET owner = $1, updated_at = $2 FROM orphans \
+                 WHERE tasks.id = orphans.id AND EXISTS \
+                   (SELECT 1 FROM gateways g WHERE g.id = $1 AND g.expires_at > {now}) \
+                 RETURNING tasks.id"
+            ),
+        }
+    }
 }
 
 /// How many parameters [`Batch::update`] binds.
-const BATCH_VALUES: usize = 12;
+const BATCH_VALUES: usize = 14;
 /// The first parameter of the file rows of [`end_in_one_statement`]: after
 /// the batch's, the status, the task URL and the notices' position.
 const FIRST_FILE_PARAMETER: usize = BATCH_VALUES + 4;
@@ -304,8 +407,14 @@ impl Batch {
     /// `sql` with its parameters bound: $1 the id, $2 the new log lines, $3
     /// the same after a line end, $4 to $7 the progress (NULL: unchanged), $8
     /// the time, $9 and $10 the events and their count, $11 and $12 the state
-    /// and its output count (NULL: unchanged).
-    fn update<'q>(&'q self, sql: impl sqlx::SqlSafeStr, id: &'q str, now: i64) -> Query<'q> {
+    /// and its output count (NULL: unchanged), $13 and $14 the fence.
+    fn update<'q>(
+        &'q self,
+        sql: impl sqlx::SqlSafeStr,
+        id: &'q str,
+        fence: &'q Fence,
+        now: i64,
+    ) -> Query<'q> {
         let after_line_end = if self.log.is_empty() {
             String::new()
         } else {
@@ -326,6 +435,8 @@ impl Batch {
             .bind(self.event_count)
             .bind(state.map(|(state, _)| state.as_str()))
             .bind(state.map(|(_, outputs)| *outputs))
+            .bind(&*fence.owner)
+            .bind(fence.attempt)
     }
 }
 
@@ -360,6 +471,12 @@ pub enum StoreError {
     /// The database did not answer a read in time (a cut or stalled link).
     #[error("the database did not answer within {0:?}")]
     TimedOut(std::time::Duration),
+    /// A second gateway on an SQLite database.
+    #[error(
+        "another gateway ({0}) is using this SQLite database; several gateways need PostgreSQL \
+         (--database-url postgres://…)"
+    )]
+    Occupied(String),
 }
 
 impl StoreError {
@@ -369,7 +486,7 @@ impl StoreError {
         let error = match self {
             Self::Database(error) => error,
             Self::TimedOut(_) => return true,
-            Self::Migrate(_) | Self::UnsupportedUrl(_) => return false,
+            Self::Migrate(_) | Self::UnsupportedUrl(_) | Self::Occupied(_) => return false,
         };
         match error {
             sqlx::Error::PoolTimedOut
@@ -453,6 +570,7 @@ pub struct Store {
     pool: AnyPool,
     /// PostgreSQL (else SQLite): a task's end is one statement there.
     postgres: bool,
+    sql: Arc<Statements>,
     finished: Arc<FinishedTasks>,
     /// Woken after a commit that wrote webhook notices (the outbox's dispatcher
     /// waits on it).
@@ -525,6 +643,7 @@ impl Store {
         Ok(Self {
             pool,
             postgres: !sqlite,
+            sql: Arc::new(Statements::new(!sqlite)),
             outbox: Arc::default(),
             finished: Arc::new(quick_cache::sync::Cache::with_weighter(
                 16 * 1024,
@@ -532,6 +651,98 @@ impl Store {
                 RecordWeight,
             )),
         })
+    }
+
+    /// Takes a lease for a gateway starting at `place` (host and data
+    /// directory), reached at `url`, for `ttl` milliseconds: ends the lease of
+    /// an earlier start at the same place (its calls are adopted at once), and
+    /// on SQLite refuses when another gateway's lease is live.
+    pub async fn begin_lease(
+        &self,
+        id: &str,
+        place: &str,
+        url: &str,
+        ttl: i64,
+    ) -> Result<(), StoreError> {
+        let now = self.sql.now;
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE gateways SET expires_at = {now} WHERE place = $1 AND expires_at > {now}"
+        )))
+        .bind(place)
+        .execute(&mut *transaction)
+        .await?;
+        if !self.postgres {
+            let other = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT url FROM gateways WHERE expires_at > {now} LIMIT 1"
+            )))
+            .fetch_optional(&mut *transaction)
+            .await?;
+            if let Some(other) = other {
+                return Err(StoreError::Occupied(other.try_get("url")?));
+            }
+        }
+        // Leases of a day ago whose tasks were all adopted are history.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM gateways WHERE expires_at < {now} - 86400000 AND NOT EXISTS \
+             (SELECT 1 FROM tasks t WHERE t.owner = gateways.id AND t.status = 'PENDING')"
+        )))
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO gateways (id, place, url, started_at, expires_at) \
+             VALUES ($1, $2, $3, {now}, {now} + $4)"
+        )))
+        .bind(id)
+        .bind(place)
+        .bind(url)
+        .bind(ttl)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Extends a live lease by `ttl` milliseconds from now (the database's
+    /// clock); false when it had expired (it can never be renewed then).
+    pub async fn renew_lease(&self, id: &str, ttl: i64) -> Result<bool, StoreError> {
+        let now = self.sql.now;
+        let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE gateways SET expires_at = {now} + $2 WHERE id = $1 AND expires_at > {now}"
+        )))
+        .bind(id)
+        .bind(ttl)
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Ends a lease now (a gateway that stops): what it still owned is adopted.
+    pub async fn end_lease(&self, id: &str) -> Result<(), StoreError> {
+        let now = self.sql.now;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE gateways SET expires_at = {now} WHERE id = $1 AND expires_at > {now}"
+        )))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The gateways with a live lease, or one that expired in the last
+    /// minute, with how many running calls each owns.
+    pub async fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        let now = self.sql.now;
+        let gateways = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT g.id, g.place, g.url, g.started_at, g.expires_at, \
+             CAST(CASE WHEN g.expires_at > {now} THEN 1 ELSE 0 END AS BIGINT) AS live, \
+             (SELECT COUNT(*) FROM tasks t WHERE t.owner = g.id AND t.status = 'PENDING') \
+               AS running FROM gateways g WHERE g.expires_at > {now} - 60000 \
+             ORDER BY g.started_at"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(gateways)
     }
 
     /// Whether the database answers (for readiness checks).
@@ -543,8 +754,9 @@ impl Store {
         .await
     }
 
-    /// Inserts a new `PENDING` task, its first attempt counted, and attaches the
-    /// files uploaded with it, in one transaction; committed when this returns.
+    /// Inserts a new `PENDING` task, its first attempt counted and run by the
+    /// gateway of lease `owner`, and attaches the files uploaded with it, in
+    /// one transaction; committed when this returns.
     pub async fn create_task(
         &self,
         id: &str,
@@ -552,16 +764,18 @@ impl Store {
         inputs: &str,
         base_url: &str,
         uploads: &[String],
+        owner: &str,
     ) -> Result<(), StoreError> {
         let insert = sqlx::query(
             "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
-             updated_at) VALUES ($1, $2, 'PENDING', '', $3, $4, 1, $5, $5)",
+             updated_at, owner) VALUES ($1, $2, 'PENDING', '', $3, $4, 1, $5, $5, $6)",
         )
         .bind(id)
         .bind(plugin)
         .bind(inputs)
         .bind(base_url)
-        .bind(now_millis());
+        .bind(now_millis())
+        .bind(owner);
         if uploads.is_empty() {
             // One statement: no transaction round trips on the common path.
             insert.execute(&self.pool).await?;
@@ -682,17 +896,21 @@ impl Store {
 
     /// Counts one more run of the task's current call, which continues from
     /// the last state saved: the outputs written after it are dropped. `None`:
-    /// the task has ended meanwhile.
-    pub async fn begin_attempt(&self, id: &str) -> Result<Option<Attempt>, StoreError> {
+    /// the task has ended meanwhile, or is not the fence's any more.
+    pub async fn begin_attempt(
+        &self,
+        id: &str,
+        fence: &Fence,
+    ) -> Result<Option<Attempt>, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let attempt: Option<Attempt> = sqlx::query_as(
-            "UPDATE tasks SET attempts = attempts + 1, updated_at = $2 \
-             WHERE id = $1 AND status = 'PENDING' RETURNING attempts, state, state_outputs",
-        )
-        .bind(id)
-        .bind(now_millis())
-        .fetch_optional(&mut *transaction)
-        .await?;
+        let attempt: Option<Attempt> =
+            sqlx::query_as(sqlx::AssertSqlSafe(&*self.sql.begin_attempt))
+                .bind(id)
+                .bind(now_millis())
+                .bind(&*fence.owner)
+                .bind(fence.attempt)
+                .fetch_optional(&mut *transaction)
+                .await?;
         let Some(mut attempt) = attempt else {
             return Ok(None);
         };
@@ -721,6 +939,7 @@ impl Store {
     pub async fn wait_for_step(
         &self,
         id: &str,
+        fence: &Fence,
         step_id: &str,
         form: &str,
         batch: &Batch,
@@ -728,15 +947,7 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         let now = now_millis();
         let mut transaction = self.pool.begin().await?;
-        let update = batch.update(
-            concat!(
-                "UPDATE tasks SET ",
-                batch_columns!(),
-                " WHERE id = $1 AND status = 'PENDING' RETURNING event_count"
-            ),
-            id,
-            now,
-        );
+        let update = batch.update(sqlx::AssertSqlSafe(&*self.sql.wait), id, fence, now);
         let Some(row) = update.fetch_optional(&mut *transaction).await? else {
             return Ok(None);
         };
@@ -758,14 +969,16 @@ impl Store {
     }
 
     /// Marks the task's uncleared step `step_id` submitted with `inputs`
-    /// (JSON), starts a new call (its first attempt) and writes the change's
-    /// notices, in one transaction. Returns what the continuing call needs;
-    /// `None` when no such step waits (already submitted, or the task ended).
+    /// (JSON), starts a new call (its first attempt, run by the gateway of
+    /// lease `owner`) and writes the change's notices, in one transaction.
+    /// Returns what the continuing call needs; `None` when no such step waits
+    /// (already submitted, or the task ended).
     pub async fn clear_step(
         &self,
         id: &str,
         step_id: &str,
         inputs: &str,
+        owner: &str,
         notices: Notices<'_>,
     ) -> Result<Option<CallRecord>, StoreError> {
         let now = now_millis();
@@ -784,12 +997,13 @@ impl Store {
             return Ok(None);
         }
         let mut call: CallRecord = sqlx::query_as(
-            "UPDATE tasks SET attempts = 1, updated_at = $2 WHERE id = $1 \
-             RETURNING id, plugin, base_url, inputs, state, state_outputs, \
+            "UPDATE tasks SET attempts = 1, updated_at = $2, owner = $3 WHERE id = $1 \
+             RETURNING id, plugin, base_url, attempts, inputs, state, state_outputs, \
              LENGTH(log) AS log_chars, LENGTH(events) AS event_chars",
         )
         .bind(id)
         .bind(now)
+        .bind(owner)
         .fetch_one(&mut *transaction)
         .await?;
         self.commit_with_notices(transaction, id, notices, now)
@@ -817,14 +1031,19 @@ impl Store {
     /// Writes a running task's batched events: its output rows and, in the same
     /// transaction, its new log lines, progress, stream events and state.
     /// Returns the task's event count after them; `None` (nothing written)
-    /// when the task already ended.
-    pub async fn write(&self, id: &str, batch: &Batch) -> Result<Option<i64>, StoreError> {
-        const WRITE: &str = concat!(
-            "UPDATE tasks SET ",
-            batch_columns!(),
-            " WHERE id = $1 AND status = 'PENDING' RETURNING event_count"
+    /// when the task already ended or is not the fence's any more.
+    pub async fn write(
+        &self,
+        id: &str,
+        fence: &Fence,
+        batch: &Batch,
+    ) -> Result<Option<i64>, StoreError> {
+        let update = batch.update(
+            sqlx::AssertSqlSafe(&*self.sql.write),
+            id,
+            fence,
+            now_millis(),
         );
-        let update = batch.update(WRITE, id, now_millis());
         if batch.outputs.is_empty() {
             let row = committed_row(update, &self.pool).await?;
             return Ok(row.map(|row| row.try_get("event_count")).transpose()?);
@@ -842,25 +1061,17 @@ impl Store {
 
     /// Ends a task: its status, its last batched events (the reason of a
     /// failure among its log lines, the `status` event last) and its notices,
-    /// in one transaction. A task that already ended is left as it is;
-    /// returns the task when this call ended it.
+    /// in one transaction. A task that already ended (or is not the fence's
+    /// any more) is left as it is; returns the task when this call ended it.
     pub async fn finish(
         &self,
         id: &str,
+        fence: &Fence,
         status: TaskStatus,
         batch: &Batch,
         notices: Notices<'_>,
     ) -> Result<Option<Finished>, StoreError> {
         let now = now_millis();
-        // A task waiting for a step has no call that could end it: an end
-        // racing the step's commit (a shutdown's) leaves it waiting.
-        const END: &str = concat!(
-            "UPDATE tasks SET status = $13, finished_at = $8, ",
-            batch_columns!(),
-            " WHERE id = $1 AND status = 'PENDING' AND NOT EXISTS \
-             (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
-             RETURNING plugin, created_at, event_count"
-        );
         let finished = |row: AnyRow| -> Result<Finished, StoreError> {
             Ok(Finished {
                 plugin: row.try_get("plugin")?,
@@ -872,9 +1083,9 @@ impl Store {
         if self.postgres && batch.outputs.len() <= OUTPUTS_IN_ONE_STATEMENT {
             // One statement, one round trip: the outputs and notices are
             // inserted only if the update ended the task.
-            let sql = end_in_one_statement(END, batch.outputs.len(), notices);
+            let sql = end_in_one_statement(&self.sql.end, batch.outputs.len(), notices);
             let mut update = batch
-                .update(sqlx::AssertSqlSafe(sql), id, now)
+                .update(sqlx::AssertSqlSafe(sql), id, fence, now)
                 .bind(status.as_str())
                 .bind(notices.task_url)
                 .bind(notice_position(notices.events.len()));
@@ -888,7 +1099,9 @@ impl Store {
             return row.map(finished).transpose();
         }
         let mut transaction = self.pool.begin().await?;
-        let update = batch.update(END, id, now).bind(status.as_str());
+        let update = batch
+            .update(sqlx::AssertSqlSafe(&*self.sql.end), id, fence, now)
+            .bind(status.as_str());
         let Some(row) = update.fetch_optional(&mut *transaction).await? else {
             return Ok(None);
         };
@@ -900,22 +1113,34 @@ impl Store {
         finished(row).map(Some)
     }
 
-    /// The tasks that have not ended and wait for no step (their call was
-    /// running when the gateway stopped), oldest first, with what their call
-    /// needs to run again.
-    pub async fn running_tasks(&self) -> Result<Vec<CallRecord>, StoreError> {
-        let calls = sqlx::query_as(
-            "SELECT t.id, t.plugin, t.base_url, t.inputs, t.state, t.state_outputs, \
-             LENGTH(t.log) AS log_chars, LENGTH(t.events) AS event_chars, \
-             s.step_id, s.inputs AS step_inputs FROM tasks t \
-             LEFT JOIN task_steps s ON s.task_id = t.id AND s.position = \
-               (SELECT MAX(position) FROM task_steps l WHERE l.task_id = t.id) \
-             WHERE t.status = 'PENDING' AND NOT EXISTS \
-               (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0) \
-             ORDER BY t.created_at",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+    /// Adopts up to `limit` calls whose gateway's lease expired (it died, or
+    /// lost its link): they become lease `owner`'s, in one statement that
+    /// another gateway adopting at the same time skips. Returns what each call
+    /// needs to run again (its `attempts` is the fence of the next run).
+    pub async fn adopt(&self, owner: &str, limit: i64) -> Result<Vec<CallRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*self.sql.adopt))
+            .bind(owner)
+            .bind(now_millis())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut calls = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let call = sqlx::query_as(
+                "SELECT t.id, t.plugin, t.base_url, t.attempts, t.inputs, t.state, \
+                 t.state_outputs, LENGTH(t.log) AS log_chars, LENGTH(t.events) AS event_chars, \
+                 s.step_id, s.inputs AS step_inputs FROM tasks t \
+                 LEFT JOIN task_steps s ON s.task_id = t.id AND s.position = \
+                   (SELECT MAX(position) FROM task_steps l WHERE l.task_id = t.id) \
+                 WHERE t.id = $1 AND t.owner = $2 AND t.status = 'PENDING'",
+            )
+            .bind(&id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+            calls.extend(call);
+        }
         Ok(calls)
     }
 
@@ -998,6 +1223,34 @@ impl Store {
             .map(|row| row.try_get("webhook_href"))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Claims the delivery of `href`'s notices for lease `owner`: true when
+    /// no live lease holds them (or `owner` does already). One gateway at a
+    /// time delivers a subscriber's notices, in order.
+    pub async fn claim_subscriber(&self, href: &str, owner: &str) -> Result<bool, StoreError> {
+        let now = self.sql.now;
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO notice_claims (webhook_href, owner) VALUES ($1, $2) \
+             ON CONFLICT (webhook_href) DO UPDATE SET owner = excluded.owner \
+             WHERE notice_claims.owner = excluded.owner OR NOT EXISTS (SELECT 1 FROM gateways g \
+               WHERE g.id = notice_claims.owner AND g.expires_at > {now})"
+        )))
+        .bind(href)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    /// Gives up a claim (its worker delivered everything).
+    pub async fn release_subscriber(&self, href: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM notice_claims WHERE webhook_href = $1 AND owner = $2")
+            .bind(href)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A subscriber's next notices, oldest first.
@@ -1141,14 +1394,14 @@ fn bind_file<'q>(query: Query<'q>, file: &'q FileRecord) -> Query<'q> {
         .bind(file.inline.as_deref().map(<[u8]>::to_vec))
 }
 
-/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $13), the
-/// notices of the change (task URL $14, first position $15) and the insert of
-/// `outputs` file rows (parameters from $16 on), in one statement; the rows are
+/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $15), the
+/// notices of the change (task URL $16, first position $17) and the insert of
+/// `outputs` file rows (parameters from $18 on), in one statement; the rows are
 /// inserted only when the update matched.
 fn end_in_one_statement(end: &str, outputs: usize, notices: Notices<'_>) -> String {
     let mut sql = format!("WITH ended AS ({end})");
     if !notices.events.is_empty() {
-        let insert = notices_sql(notices.events, ["$1", "$14", "$15", "$8"], ", ended");
+        let insert = notices_sql(notices.events, ["$1", "$16", "$17", "$8"], ", ended");
         sql.push_str(&format!(", notices_sent AS ({insert} RETURNING 1)"));
     }
     for output in 0..outputs {

@@ -5,14 +5,19 @@
 //! with notices waiting; each worker delivers its subscriber's notices in
 //! order, retrying a failed one with backoff for a bounded time, and deletes
 //! each once delivered (or given up). A slow or dead subscriber holds up only
-//! its own notices.
+//! its own notices. With several gateways, a subscriber's notices are
+//! delivered by the one whose live lease claimed them (`notice_claims`); the
+//! claim passes on when that lease expires.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Notice, Store, now_millis};
+use crate::{
+    lease::Lease,
+    store::{Notice, Store, now_millis},
+};
 
 /// Deadline of one POST.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +61,7 @@ impl WebhookEvent {
 /// its change is given up, with an error in the log.
 pub(crate) fn deliver_notices(
     store: Store,
+    lease: Lease,
     retry_for: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), reqwest::Error> {
@@ -63,6 +69,7 @@ pub(crate) fn deliver_notices(
     let dispatcher = Dispatcher {
         wake: store.outbox(),
         store,
+        lease,
         client,
         retry_for,
         shutdown,
@@ -75,6 +82,7 @@ pub(crate) fn deliver_notices(
 
 struct Dispatcher {
     store: Store,
+    lease: Lease,
     client: reqwest::Client,
     retry_for: Duration,
     shutdown: CancellationToken,
@@ -107,15 +115,33 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers `href`'s notices in order until none is left.
+    /// Delivers `href`'s notices in order until none is left, while this
+    /// gateway's lease holds the subscriber's claim.
     fn worker(&self, href: String) -> impl Future<Output = ()> + use<> {
         let (store, client) = (self.store.clone(), self.client.clone());
         let (retry_for, shutdown) = (self.retry_for, self.shutdown.clone());
-        let slots = self.slots.clone();
+        let (slots, lease) = (self.slots.clone(), self.lease.clone());
         async move {
             loop {
+                let Some(holder) = lease.holder() else {
+                    return;
+                };
+                match store.claim_subscriber(&href, &holder.id).await {
+                    Ok(true) => {}
+                    // Another gateway delivers them.
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::error!(%href, %error, "failed to claim webhook notices");
+                        return;
+                    }
+                }
                 let notices = match store.notices(&href, READ_AHEAD).await {
-                    Ok(notices) if notices.is_empty() => return,
+                    Ok(notices) if notices.is_empty() => {
+                        if let Err(error) = store.release_subscriber(&href, &holder.id).await {
+                            tracing::warn!(%href, %error, "failed to release webhook notices");
+                        }
+                        return;
+                    }
                     Ok(notices) => notices,
                     Err(error) => {
                         tracing::error!(%href, %error, "failed to read webhook notices");

@@ -215,11 +215,16 @@ pub(crate) async fn process(
     };
     let inputs =
         serde_json::to_string(&values).map_err(|error| ApiError::Internal(Box::new(error)))?;
+    let Some(holder) = state.runner.lease.holder() else {
+        submitted.discard_uploads(&state).await;
+        return Err(rejoining());
+    };
     let job = Job::start(
         ids::random_id(),
         live.identifier.clone(),
         values,
         base.clone(),
+        &holder,
     );
     let task_url = base.absolute(&format!("/tasks/{}/", job.task_id));
     let base_url = base.absolute("");
@@ -233,6 +238,7 @@ pub(crate) async fn process(
                 &inputs,
                 &base_url,
                 &submitted.uploads,
+                &holder.id,
             )
             .await?;
         tracing::info!(task = %job.task_id, plugin = %job.plugin, "task created");
@@ -242,6 +248,11 @@ pub(crate) async fn process(
     .await
     .map_err(|error| ApiError::Internal(Box::new(error)))??;
     Ok(Redirect::to(&task_url).into_response())
+}
+
+/// The answer while the gateway has no lease (it lost one and joins again).
+pub(crate) fn rejoining() -> ApiError {
+    ApiError::Unavailable("The gateway is rejoining its cluster; try again shortly.".into())
 }
 
 /// How long a submission waits for a known plugin that is not ready (it is

@@ -481,6 +481,10 @@ pub(crate) async fn step(
                 submitted.discard_uploads(&state).await;
                 return Err(not_ready());
             }
+            let Some(holder) = state.runner.lease.holder() else {
+                submitted.discard_uploads(&state).await;
+                return Err(super::plugins::rejoining());
+            };
             let inputs = serde_json::to_string(&values)
                 .map_err(|error| ApiError::Internal(Box::new(error)))?;
             // Finished even if the client goes away: a cleared step always gets
@@ -495,15 +499,17 @@ pub(crate) async fn step(
                 };
                 let Some(call) = runner
                     .store
-                    .clear_step(&task, &step, &inputs, notices)
+                    .clear_step(&task, &step, &inputs, &holder.id, notices)
                     .await?
                 else {
                     return Ok(Taken::AlreadySubmitted);
                 };
-                let job = match Job::stored(call, step_base.clone()) {
+                let job = match Job::stored(call, step_base.clone(), &holder) {
                     Ok(job) => job,
                     Err(reason) => {
-                        runner.end_failed(&task, &reason, &step_base).await?;
+                        runner
+                            .end_failed(&task, &holder.claim(-1), &reason, &step_base)
+                            .await?;
                         return Ok(Taken::Yes);
                     }
                 };
