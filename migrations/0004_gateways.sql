@@ -36,6 +36,9 @@ CREATE TABLE file_blobs (
     created_at BIGINT NOT NULL
 );
 
+-- The sweep of files no row references looks them up by key.
+CREATE INDEX files_by_storage_key ON files (storage_key);
+
 CREATE TABLE file_chunks (
     storage_key TEXT NOT NULL REFERENCES file_blobs (storage_key) ON DELETE CASCADE,
     position BIGINT NOT NULL,

@@ -210,6 +210,15 @@ struct GatewayOptions {
     /// How often the lease is renewed and orphaned tasks are looked for.
     #[arg(long, env = "CORRAL_LEASE_RENEW", default_value = "1s", value_parser = humantime::parse_duration)]
     lease_renew: std::time::Duration,
+    /// Where output files and uploads are kept: `database` (shared by every
+    /// gateway on it), `local` (a folder in --data-dir, one gateway only), or
+    /// `auto` (the database on PostgreSQL, local on SQLite).
+    #[arg(long, env = "CORRAL_FILE_STORE", default_value = "auto", value_parser = ["auto", "local", "database"])]
+    file_store: String,
+    /// How often uploads no task took and files no task references (a crash's
+    /// leftovers, an hour old) are swept away.
+    #[arg(long, env = "CORRAL_SWEEP_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
+    sweep_every: std::time::Duration,
 }
 
 impl GatewayOptions {
@@ -250,6 +259,15 @@ impl GatewayOptions {
         if self.lease_renew.is_zero() || self.lease_ttl < self.lease_renew * 2 {
             anyhow::bail!("--lease-ttl must be at least twice --lease-renew (which must not be 0)");
         }
+        config.file_store = match self.file_store.as_str() {
+            "local" => corral_gateway::FileStoreKind::Local,
+            "database" => corral_gateway::FileStoreKind::Database,
+            _ => corral_gateway::FileStoreKind::Auto,
+        };
+        if self.sweep_every.is_zero() {
+            anyhow::bail!("--sweep-every must not be 0");
+        }
+        config.sweep_every = self.sweep_every;
         config.lease = corral_gateway::LeaseSettings {
             ttl: self.lease_ttl,
             renew_every: self.lease_renew,

@@ -837,7 +837,8 @@ async fn metrics_move_when_a_task_runs_and_a_plugin_restarts() {
 }
 
 /// An output up to 64 KiB is kept in its row; a larger one streams to the file
-/// store. Both download whole, byte for byte.
+/// store: a folder on SQLite, the shared store in the database on PostgreSQL
+/// (every gateway serves it). Both download whole, byte for byte.
 async fn small_outputs_live_in_the_database_and_large_ones_in_the_file_store(db: Db) {
     let database = TestDatabase::new(db).await;
     let folders = common::PluginFolders::new();
@@ -850,10 +851,19 @@ async fn small_outputs_live_in_the_database_and_large_ones_in_the_file_store(db:
     );
     let corral = Corral::serve(&database, &[folders.path()]);
     corral.wait_for_plugins(&["bulk@v1-0-0"]).await;
-    let stored_files = || {
+    let on_disk = || {
         std::fs::read_dir(database.data_dir.path().join("files"))
             .map(|entries| entries.count())
             .unwrap_or(0)
+    };
+    let in_database = || async {
+        use sqlx::Row;
+        let mut connection = database.connect().await;
+        sqlx::query("SELECT COUNT(*) AS n FROM file_blobs WHERE complete = 1")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+            .get::<i64, _>("n")
     };
     for (size, files_after) in [(100usize, 0), (3 * 1024 * 1024 + 5, 1)] {
         let size_text = size.to_string();
@@ -871,10 +881,92 @@ async fn small_outputs_live_in_the_database_and_large_ones_in_the_file_store(db:
         let bytes = download.bytes().await.unwrap();
         assert_eq!(bytes.len(), size);
         assert!(bytes.iter().all(|&byte| byte == b'x'), "size {size}");
+        let (disk, shared) = match db {
+            Db::Sqlite => (files_after, 0),
+            Db::Postgres => (0, files_after as i64),
+        };
+        assert_eq!(on_disk(), disk, "files on disk after size {size}");
         assert_eq!(
-            stored_files(),
-            files_after,
-            "files on disk after size {size}"
+            in_database().await,
+            shared,
+            "shared files after size {size}"
         );
     }
+}
+
+/// The shared file store keeps what a task references and sweeps away what
+/// nothing references once it is old: a write a crash cut short, and an
+/// upload no task took.
+#[tokio::test]
+async fn the_sweep_keeps_referenced_files_and_removes_old_leftovers() {
+    use sqlx::Row;
+    let database = TestDatabase::new(Db::Postgres).await;
+    let folders = common::PluginFolders::new();
+    folders.add(
+        "bulk",
+        &format!(
+            "command = {:?}\n",
+            common::built("examples/bulk").display().to_string()
+        ),
+    );
+    let corral = Corral::serve_with(&database, &[folders.path()], &["--sweep-every", "1s"]);
+    corral.wait_for_plugins(&["bulk@v1-0-0"]).await;
+    let size = (2 * 1024 * 1024 + 3).to_string();
+    let task_url = corral.submit("bulk@v1-0-0", &[("size", &size)]).await;
+    let status = corral.finished(&task_url).await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    let href = status["outputs"][0]["href"].as_str().unwrap().to_owned();
+
+    let mut connection = database.connect().await;
+    for statement in [
+        "INSERT INTO file_blobs (storage_key, size, complete, created_at) VALUES ('cutshort', 0, 0, 0)",
+        "INSERT INTO file_chunks (storage_key, position, data) VALUES ('cutshort', 0, '\\x00'::bytea)",
+        "INSERT INTO file_blobs (storage_key, size, complete, created_at) VALUES ('untaken', 1, 1, 0)",
+        "INSERT INTO files (id, secret, task_id, kind, position, data_type, content_type, size, \
+         storage_key, created_at) VALUES ('untakenupload', 's', NULL, 'input', 0, 'x', 'x', 1, 'untaken', 0)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let leftovers =
+        "SELECT COUNT(*) AS n FROM file_blobs WHERE storage_key IN ('cutshort', 'untaken')";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row = sqlx::query(leftovers)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+        if row.get::<i64, _>("n") == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leftovers not swept away"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let chunks =
+        sqlx::query("SELECT COUNT(*) AS n FROM file_chunks WHERE storage_key = 'cutshort'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(
+        chunks.get::<i64, _>("n"),
+        0,
+        "the chunks go with their file"
+    );
+    let upload = sqlx::query("SELECT COUNT(*) AS n FROM files WHERE id = 'untakenupload'")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        upload.get::<i64, _>("n"),
+        0,
+        "the untaken upload's row goes"
+    );
+    let download = corral.client.get(&href).send().await.unwrap();
+    assert_eq!(download.status().as_u16(), 200);
+    assert_eq!(download.bytes().await.unwrap().len().to_string(), size);
 }

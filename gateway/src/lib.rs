@@ -21,6 +21,7 @@ pub mod openapi;
 mod routes;
 mod runner;
 mod server;
+pub mod shared_files;
 mod state;
 pub mod store;
 mod ui;
@@ -36,7 +37,7 @@ pub use auth::{AuthConfig, AuthConfigError};
 pub use error::ApiError;
 pub use lease::LeaseSettings;
 pub use server::ConnectionLimits;
-pub use state::GatewayConfig;
+pub use state::{FileStoreKind, GatewayConfig};
 
 use crate::{
     directory::{Directory, SupervisorLink},
@@ -82,16 +83,27 @@ impl RunningGateway {
     /// calls of gateways that went away (this one's previous start among them).
     pub async fn start(config: &GatewayConfig) -> Result<Self, GatewayError> {
         let store = Store::connect(&config.database_url).await?;
-        let files_root = files::local_root(&config.data_dir);
-        let files = LocalFileStore::new(&files_root)
-            .await
-            .map_err(|source| GatewayError::Io {
-                what: format!(
-                    "failed to create the file store in {}",
-                    files_root.display()
-                ),
-                source,
-            })?;
+        let shared = match config.file_store {
+            FileStoreKind::Auto => store.is_postgres(),
+            FileStoreKind::Local => false,
+            FileStoreKind::Database => true,
+        };
+        let files: Arc<dyn files::FileStore> = if shared {
+            Arc::new(shared_files::DatabaseFileStore::new(store.clone()))
+        } else {
+            let files_root = files::local_root(&config.data_dir);
+            let local =
+                LocalFileStore::new(&files_root)
+                    .await
+                    .map_err(|source| GatewayError::Io {
+                        what: format!(
+                            "failed to create the file store in {}",
+                            files_root.display()
+                        ),
+                        source,
+                    })?;
+            Arc::new(local)
+        };
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| GatewayError::Io {
@@ -129,7 +141,7 @@ impl RunningGateway {
         let directory = Directory::follow(supervisor.clone(), shutdown.clone());
         let runner = Runner {
             store: store.clone(),
-            files: Arc::new(files),
+            files: files.clone(),
             directory: directory.clone(),
             live: LiveEvents::default(),
             lease,
@@ -156,6 +168,13 @@ impl RunningGateway {
             auth: Arc::new(config.auth.clone()),
         };
         tokio::spawn(state.runner.clone().adopt_orphans(config.lease.renew_every));
+        tokio::spawn(shared_files::sweep(
+            state.store.clone(),
+            files,
+            shared,
+            config.sweep_every,
+            shutdown.clone(),
+        ));
         Ok(Self {
             listener,
             limits: config.limits.clone(),

@@ -33,6 +33,21 @@ pub struct GatewayConfig {
     pub limits: crate::ConnectionLimits,
     /// The gateway's lease (several gateways on one database).
     pub lease: crate::LeaseSettings,
+    /// Where output files and uploads are kept.
+    pub file_store: FileStoreKind,
+    /// How often stale uploads and unreferenced files are swept away.
+    pub sweep_every: std::time::Duration,
+}
+
+/// Where output files and uploads are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStoreKind {
+    /// In the database on PostgreSQL (shared by every gateway), else local.
+    Auto,
+    /// A folder in the data directory: one gateway only.
+    Local,
+    /// In the database, as chunks: every gateway on it serves every file.
+    Database,
 }
 
 impl GatewayConfig {
@@ -57,6 +72,8 @@ impl GatewayConfig {
             webhook_retry_for: std::time::Duration::from_secs(60 * 60),
             limits: crate::ConnectionLimits::default(),
             lease: crate::LeaseSettings::default(),
+            file_store: FileStoreKind::Auto,
+            sweep_every: std::time::Duration::from_secs(10 * 60),
         }
     }
 }

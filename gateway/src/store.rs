@@ -745,6 +745,11 @@ impl Store {
         Ok(gateways)
     }
 
+    /// Whether the database is PostgreSQL (else SQLite).
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
     /// Whether the database answers (for readiness checks).
     pub async fn ping(&self) -> Result<(), StoreError> {
         read_retrying(|| async {
@@ -1323,6 +1328,118 @@ impl Store {
             .try_get::<Option<Vec<u8>>, _>("content")?
             .map(bytes::Bytes::from);
         Ok(Some(file))
+    }
+
+    /// Starts a file of the shared file store: nothing reads it before
+    /// [`Store::complete_blob`].
+    pub async fn begin_blob(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO file_blobs (storage_key, size, complete, created_at) \
+             VALUES ($1, 0, 0, $2)",
+        )
+        .bind(key)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores chunk `position` (from 0) of a file being written.
+    pub async fn put_chunk(
+        &self,
+        key: &str,
+        position: i64,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO file_chunks (storage_key, position, data) VALUES ($1, $2, $3)")
+            .bind(key)
+            .bind(position)
+            .bind(data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes a file of `size` bytes readable.
+    pub async fn complete_blob(&self, key: &str, size: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE file_blobs SET complete = 1, size = $2 WHERE storage_key = $1")
+            .bind(key)
+            .bind(size)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a complete file is stored under `key`.
+    pub async fn blob_exists(&self, key: &str) -> Result<bool, StoreError> {
+        let row = read_retrying(|| async {
+            let row = sqlx::query(
+                "SELECT 1 AS found FROM file_blobs WHERE storage_key = $1 AND complete = 1",
+            )
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row)
+        })
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Chunk `position` of a file; `None` past its last.
+    pub async fn chunk(&self, key: &str, position: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = read_retrying(|| async {
+            let row = sqlx::query(
+                "SELECT data FROM file_chunks WHERE storage_key = $1 AND position = $2",
+            )
+            .bind(key)
+            .bind(position)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row)
+        })
+        .await?;
+        Ok(row.map(|row| row.try_get("data")).transpose()?)
+    }
+
+    /// Removes a file of the shared store (its chunks go with it).
+    pub async fn delete_blob(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM file_blobs WHERE storage_key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets uploads that no task took since `cutoff` (Unix milliseconds):
+    /// returns their storage keys, whose bytes the caller deletes.
+    pub async fn forget_stale_uploads(&self, cutoff: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "DELETE FROM files WHERE task_id IS NULL AND created_at < $1 RETURNING storage_key",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("storage_key"))
+            .filter(|key: &Result<String, sqlx::Error>| {
+                key.as_ref().is_ok_and(|key| !key.is_empty())
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Deletes the shared store's files that no `files` row references and
+    /// that were started before `cutoff` (Unix milliseconds): the leftovers of
+    /// writes cut short by a crash. Returns how many went.
+    pub async fn collect_blobs(&self, cutoff: i64) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM file_blobs WHERE created_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM files f WHERE f.storage_key = file_blobs.storage_key)",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// Adds a webhook subscription; a duplicate is ignored. `event` is `""` for all.
