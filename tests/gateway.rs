@@ -930,39 +930,29 @@ async fn the_sweep_keeps_referenced_files_and_removes_old_leftovers() {
             .await
             .unwrap();
     }
+    async fn count(connection: &mut sqlx::AnyConnection, sql: &str) -> i64 {
+        let row = sqlx::query(sql).fetch_one(connection).await.unwrap();
+        row.get::<i64, _>("n")
+    }
     let leftovers =
         "SELECT COUNT(*) AS n FROM file_blobs WHERE storage_key IN ('cutshort', 'untaken')";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let row = sqlx::query(leftovers)
-            .fetch_one(&mut connection)
-            .await
-            .unwrap();
-        if row.get::<i64, _>("n") == 0 {
-            break;
-        }
+    while count(&mut connection, leftovers).await > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "leftovers not swept away"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let chunks =
-        sqlx::query("SELECT COUNT(*) AS n FROM file_chunks WHERE storage_key = 'cutshort'")
-            .fetch_one(&mut connection)
-            .await
-            .unwrap();
+    let chunks = "SELECT COUNT(*) AS n FROM file_chunks WHERE storage_key = 'cutshort'";
     assert_eq!(
-        chunks.get::<i64, _>("n"),
+        count(&mut connection, chunks).await,
         0,
         "the chunks go with their file"
     );
-    let upload = sqlx::query("SELECT COUNT(*) AS n FROM files WHERE id = 'untakenupload'")
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
+    let upload = "SELECT COUNT(*) AS n FROM files WHERE id = 'untakenupload'";
     assert_eq!(
-        upload.get::<i64, _>("n"),
+        count(&mut connection, upload).await,
         0,
         "the untaken upload's row goes"
     );
