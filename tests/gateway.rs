@@ -930,7 +930,7 @@ async fn the_sweep_keeps_referenced_files_and_removes_old_leftovers() {
             .await
             .unwrap();
     }
-    async fn count(connection: &mut sqlx::AnyConnection, sql: &str) -> i64 {
+    async fn count(connection: &mut sqlx::AnyConnection, sql: &'static str) -> i64 {
         let row = sqlx::query(sql).fetch_one(connection).await.unwrap();
         row.get::<i64, _>("n")
     }
