@@ -219,6 +219,15 @@ struct GatewayOptions {
     /// leftovers, an hour old) are swept away.
     #[arg(long, env = "CORRAL_SWEEP_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
     sweep_every: std::time::Duration,
+    /// Redis (`redis://host:6379/0`), to carry task events between gateways
+    /// at once; without it, followers on other gateways read the database
+    /// every second.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis_url: Option<String>,
+    /// The prefix of this deployment's Redis channels (several deployments
+    /// may share one Redis).
+    #[arg(long, env = "CORRAL_REDIS_PREFIX", default_value = "corral")]
+    redis_prefix: String,
 }
 
 impl GatewayOptions {
@@ -268,6 +277,8 @@ impl GatewayOptions {
             anyhow::bail!("--sweep-every must not be 0");
         }
         config.sweep_every = self.sweep_every;
+        config.redis_url = self.redis_url.clone();
+        config.redis_prefix = self.redis_prefix.clone();
         config.lease = corral_gateway::LeaseSettings {
             ttl: self.lease_ttl,
             renew_every: self.lease_renew,

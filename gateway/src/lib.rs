@@ -11,6 +11,7 @@ mod auth;
 mod dashboard;
 pub mod directory;
 mod error;
+mod fanout;
 pub mod files;
 mod forms;
 mod ids;
@@ -52,6 +53,9 @@ use crate::{
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The Redis URL cannot be used.
+    #[error("invalid Redis URL")]
+    Redis(#[source] redis::RedisError),
     /// The supervisor's admin token cannot be used.
     #[error("invalid supervisor admin token")]
     AdminToken(#[source] corral_proto::admin::InvalidToken),
@@ -139,11 +143,18 @@ impl RunningGateway {
                 .map_err(GatewayError::AdminToken)?,
         };
         let directory = Directory::follow(supervisor.clone(), shutdown.clone());
+        let live = LiveEvents::default();
+        if let Some(url) = &config.redis_url {
+            let fanout =
+                fanout::FanOut::start(url, &config.redis_prefix, live.clone(), shutdown.clone())
+                    .map_err(GatewayError::Redis)?;
+            live.fan_out(fanout);
+        }
         let runner = Runner {
             store: store.clone(),
             files: files.clone(),
             directory: directory.clone(),
-            live: LiveEvents::default(),
+            live,
             lease,
             running: Default::default(),
             ended: Default::default(),

@@ -28,28 +28,67 @@ impl LiveEvent {
     }
 }
 
-/// Task id → the broadcast its stream clients follow.
+/// Task id → the broadcast its stream clients follow; with several gateways,
+/// also the fan-out that carries the events of the tasks this gateway runs to
+/// the others.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LiveEvents {
     channels: Arc<Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>>,
+    fanout: Arc<std::sync::OnceLock<crate::fanout::FanOut>>,
 }
 
 impl LiveEvents {
-    /// Sends an event to the task's current followers, if any.
-    pub(crate) fn publish(&self, task_id: &str, event: LiveEvent) {
+    /// Sends events just stored to the task's followers here and elsewhere.
+    pub(crate) fn publish(&self, task_id: &str, events: Vec<LiveEvent>) {
+        if let Some(fanout) = self.fanout.get() {
+            fanout.send(task_id, &events);
+        }
         let channels = self.lock();
         if let Some(sender) = channels.get(task_id) {
-            let _no_followers_is_fine = sender.send(event);
-        }
-    }
-
-    /// Sends a task's last events and forgets the task.
-    pub(crate) fn finish(&self, task_id: &str, events: impl IntoIterator<Item = LiveEvent>) {
-        if let Some(sender) = self.lock().remove(task_id) {
             for event in events {
                 let _no_followers_is_fine = sender.send(event);
             }
         }
+    }
+
+    /// Sends a task's last events here and elsewhere, and forgets the task.
+    pub(crate) fn finish(&self, task_id: &str, events: Vec<LiveEvent>) {
+        if let Some(fanout) = self.fanout.get() {
+            fanout.send(task_id, &events);
+        }
+        self.deliver(task_id, events);
+    }
+
+    /// Hands events to the task's followers here (another gateway's, or the
+    /// last of a task); forgets the task after its final event.
+    pub(crate) fn deliver(&self, task_id: &str, events: impl IntoIterator<Item = LiveEvent>) {
+        let mut channels = self.lock();
+        let Some(sender) = channels.get(task_id) else {
+            return;
+        };
+        let mut ended = false;
+        for event in events {
+            ended |= event.is_final();
+            let _no_followers_is_fine = sender.send(event);
+        }
+        if ended {
+            channels.remove(task_id);
+        }
+    }
+
+    /// Whether anyone here follows the task.
+    pub(crate) fn is_followed(&self, task_id: &str) -> bool {
+        self.lock().contains_key(task_id)
+    }
+
+    /// Carries the events of the tasks this gateway runs to other gateways.
+    pub(crate) fn fan_out(&self, fanout: crate::fanout::FanOut) {
+        let _set_once = self.fanout.set(fanout);
+    }
+
+    /// The fan-out's link, when events come from other gateways too.
+    pub(crate) fn link(&self) -> Option<tokio::sync::watch::Receiver<crate::fanout::Link>> {
+        self.fanout.get().map(crate::fanout::FanOut::link)
     }
 
     /// Follows a task's events from now on.

@@ -547,9 +547,7 @@ impl Runner {
     }
 
     fn publish(&self, task_id: &str, events: impl Iterator<Item = LiveEvent>) {
-        for event in events {
-            self.live.publish(task_id, event);
-        }
+        self.live.publish(task_id, events.collect());
     }
 
     /// One invocation: the event stream, persisted as it comes.
@@ -766,7 +764,7 @@ impl Runner {
         }
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
         self.live
-            .finish(task_id, numbered(events, record.event_count));
+            .finish(task_id, numbered(events, record.event_count).collect());
         Ok(())
     }
 

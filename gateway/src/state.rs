@@ -37,6 +37,10 @@ pub struct GatewayConfig {
     pub file_store: FileStoreKind,
     /// How often stale uploads and unreferenced files are swept away.
     pub sweep_every: std::time::Duration,
+    /// Redis, to fan task events out to the other gateways (`redis://…`).
+    pub redis_url: Option<String>,
+    /// The prefix of this deployment's Redis keys and channels.
+    pub redis_prefix: String,
 }
 
 /// Where output files and uploads are kept.
@@ -74,6 +78,8 @@ impl GatewayConfig {
             lease: crate::LeaseSettings::default(),
             file_store: FileStoreKind::Auto,
             sweep_every: std::time::Duration::from_secs(10 * 60),
+            redis_url: None,
+            redis_prefix: "corral".into(),
         }
     }
 }

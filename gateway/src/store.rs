@@ -1190,6 +1190,28 @@ impl Store {
         Ok(Some((lines, status != TaskStatus::Pending.as_str())))
     }
 
+    /// How many events the task's stream holds, and whether the task ended;
+    /// `None` for no such task.
+    pub async fn event_progress(&self, id: &str) -> Result<Option<(u64, bool)>, StoreError> {
+        let row = read_retrying(|| async {
+            let row = sqlx::query("SELECT event_count, status FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row)
+        })
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let count: i64 = row.try_get("event_count")?;
+        let status: String = row.try_get("status")?;
+        Ok(Some((
+            u64::try_from(count).unwrap_or_default(),
+            status != TaskStatus::Pending.as_str(),
+        )))
+    }
+
     /// Woken after each commit that wrote webhook notices.
     pub fn outbox(&self) -> Arc<tokio::sync::Notify> {
         self.outbox.clone()

@@ -397,3 +397,11 @@ pub(crate) fn output(file: &FileRecord, base: &BaseUrl) -> Output {
         name: file.name.clone(),
     }
 }
+
+/// The name of a task event as [`TaskEvent::encode`] spells it, for a name
+/// read back from elsewhere; `None` for a name that is not one.
+pub(crate) fn event_name(name: &str) -> Option<&'static str> {
+    ["log", "progress", "step", "output", "status"]
+        .into_iter()
+        .find(|known| *known == name)
+}

@@ -16,6 +16,7 @@ use corral_proto::{
     supervisor::v1::{PluginRef, PluginState, PluginStatus, WatchPluginsRequest},
 };
 
+pub mod cluster;
 pub mod serve;
 
 /// Runs an async test body `name(db)` once on SQLite and once on PostgreSQL.

@@ -35,6 +35,12 @@ pub(crate) struct Readiness {
     supervisor: String,
     /// Whether the gateway is shutting down (it takes no new task).
     shutting_down: bool,
+    /// The gateway's lease id; empty while it has none (it lost its lease and
+    /// joins again: it takes no new task meanwhile).
+    lease: String,
+    /// The fan-out of task events between gateways: `up`, `down` (followers
+    /// read the database meanwhile) or `off` (no Redis configured).
+    fan_out: &'static str,
 }
 
 /// Liveness: 200 while the process serves HTTP, whatever its dependencies say.
@@ -45,7 +51,8 @@ pub(crate) async fn health() -> Json<Health> {
 }
 
 /// Readiness: 200 when the database answers, the supervisor's plugin list is
-/// followed and the gateway is not shutting down; else 503 with `Retry-After`,
+/// followed, the gateway holds a lease and is not shutting down; else 503
+/// with `Retry-After`,
 /// so a load balancer takes the gateway out and back by itself.
 #[utoipa::path(get, path = "/ready", operation_id = "getReadiness", tag = "operations", security(()),
     responses((status = 200, description = "ready", body = Readiness),
@@ -63,12 +70,25 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         "unavailable: the plugin list is not followed".to_owned()
     };
     let shutting_down = state.runner.shutdown_begun();
-    let ready = database == "ok" && supervisor == "ok" && !shutting_down;
+    let lease = state
+        .runner
+        .lease
+        .holder()
+        .map(|holder| holder.id.to_string())
+        .unwrap_or_default();
+    let fan_out = match state.runner.live.link() {
+        None => "off",
+        Some(link) if link.borrow().up => "up",
+        Some(_) => "down",
+    };
+    let ready = database == "ok" && supervisor == "ok" && !shutting_down && !lease.is_empty();
     let body = Json(Readiness {
         status: if ready { "ready" } else { "unavailable" },
         database,
         supervisor,
         shutting_down,
+        lease,
+        fan_out,
     });
     if ready {
         return body.into_response();

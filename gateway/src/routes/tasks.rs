@@ -187,6 +187,8 @@ pub(crate) async fn events(
         },
         task_id,
         last_id,
+        link: live.link(),
+        shared: state.store.is_postgres(),
         store: state.store.clone(),
         shutdown: state.runner.shutdown.clone(),
     };
@@ -242,16 +244,29 @@ fn stored_events(lines: &[String], after: u64) -> (Vec<SseEvent>, u64) {
 }
 
 /// A stream's live part: the task's broadcast after `last_id`, repaired from
-/// the database when this follower falls behind.
+/// the database when this follower falls behind. With several gateways the
+/// task may run on another: its events arrive over the fan-out (`link`), and
+/// the database is read on a timer (often while the fan-out is down, seldom
+/// as a safety net while it is up) and each time the fan-out reconnects.
 struct Follow {
     // Fields drop in this order: the receiver before the release counts them.
     receiver: broadcast::Receiver<LiveEvent>,
     _release: Release,
     task_id: String,
     last_id: u64,
+    /// The fan-out's link, when the gateway has one.
+    link: Option<tokio::sync::watch::Receiver<crate::fanout::Link>>,
+    /// Whether other gateways may share the database (PostgreSQL).
+    shared: bool,
     store: Store,
     shutdown: tokio_util::sync::CancellationToken,
 }
+
+/// How often a follower reads the database when events may come from other
+/// gateways: without a fan-out, while it is down, and while it is up.
+const POLL_ALONE: Duration = Duration::from_secs(1);
+const POLL_LINK_DOWN: Duration = Duration::from_millis(500);
+const POLL_LINK_UP: Duration = Duration::from_secs(5);
 
 /// Releases a task's channel when its last follower goes (a task that waits
 /// for a step keeps none for followers that left).
@@ -286,12 +301,26 @@ fn event_stream(
             return;
         }
         loop {
+            let poll = follow.poll_every();
             let received = tokio::select! {
                 received = follow.receiver.recv() => received,
                 // The client left, or the gateway is stopping: end the stream
                 // (the client resumes with its Last-Event-ID).
                 () = sender.closed() => return,
                 () = follow.shutdown.cancelled() => return,
+                // Events may have been missed while the fan-out was away.
+                () = link_moved(&mut follow.link) => {
+                    match follow.repair(&sender).await {
+                        Repaired::Going => continue,
+                        Repaired::Done => return,
+                    }
+                }
+                () = sleep_for(poll) => {
+                    match follow.catch_up(&sender).await {
+                        Repaired::Going => continue,
+                        Repaired::Done => return,
+                    }
+                }
             };
             let live = match received {
                 Ok(live) if live.id <= follow.last_id => continue,
@@ -330,7 +359,52 @@ enum Repaired {
     Done,
 }
 
+/// Returns when the fan-out's link changes; never without one.
+async fn link_moved(link: &mut Option<tokio::sync::watch::Receiver<crate::fanout::Link>>) {
+    let moved = match link {
+        Some(receiver) => receiver.changed().await.is_ok(),
+        None => false,
+    };
+    if !moved {
+        // No fan-out, or it stopped (shutdown): nothing will move.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sleeps for `duration`; forever without one.
+async fn sleep_for(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Follow {
+    /// How long until the database is read without a reason: never when this
+    /// gateway alone runs the database's tasks (SQLite).
+    fn poll_every(&self) -> Option<Duration> {
+        if !self.shared {
+            return None;
+        }
+        Some(match &self.link {
+            None => POLL_ALONE,
+            Some(link) if link.borrow().up => POLL_LINK_UP,
+            Some(_) => POLL_LINK_DOWN,
+        })
+    }
+
+    /// Sends what the database holds beyond the last event sent, if anything
+    /// (one short read when nothing is new).
+    async fn catch_up(&mut self, sender: &tokio::sync::mpsc::Sender<SseEvent>) -> Repaired {
+        match self.store.event_progress(&self.task_id).await {
+            Ok(Some((count, ended))) if ended || count > self.last_id => self.repair(sender).await,
+            Ok(Some(_)) => Repaired::Going,
+            Ok(None) => Repaired::Done,
+            // The database is away: try again at the next tick.
+            Err(_) => Repaired::Going,
+        }
+    }
+
     /// Sends the stored events after the last one sent; done when they end
     /// the task or the client left.
     async fn repair(&mut self, sender: &tokio::sync::mpsc::Sender<SseEvent>) -> Repaired {

@@ -1,0 +1,434 @@
+//! Several gateways on one PostgreSQL database and one Redis, on 127.0.0.x:
+//! any gateway serves any task, its events, steps and files; a gateway that
+//! dies or loses its database has its running tasks adopted by the others
+//! within its lease; Redis going away loses no event. Each scenario prints
+//! accepted, ended, outcomes, lost (accepted − ended), duplicated outputs and
+//! recovery times.
+
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Gate, PluginFolders,
+    cluster::{ADOPTED_WITHIN, Cluster, RedisServer, on},
+    serve::{Corral, StreamEvent, open_stream, read_events, task_id},
+    versioned_manifest,
+};
+use serde_json::Value;
+
+const SAFE: &str = "safe@v1-0-0";
+const UNSAFE: &str = "unsafe@v1-0-0";
+const BULK: &str = "bulk@v1-0-0";
+
+fn folders() -> PluginFolders {
+    let folders = PluginFolders::new();
+    folders.add(
+        "safe",
+        &versioned_manifest("safe", "v1.0.0", "retry_safe = true"),
+    );
+    folders.add("unsafe", &versioned_manifest("unsafe", "v1.0.0", ""));
+    folders.add(
+        "bulk",
+        &format!(
+            "command = {:?}\n",
+            common::built("examples/bulk").display().to_string()
+        ),
+    );
+    folders
+}
+
+async fn cluster(gateways: usize) -> (Cluster, PluginFolders) {
+    let folders = folders();
+    let cluster = Cluster::start(&[folders.path()], gateways).await;
+    cluster.wait_for_plugins(&[SAFE, UNSAFE, BULK]).await;
+    (cluster, folders)
+}
+
+/// A task's events as one follower saw them, each with when it arrived.
+async fn follow(gateway: &Corral, task_url: &str) -> reqwest::Response {
+    open_stream(&gateway.client, &on(gateway, task_url), None)
+        .await
+        .expect("a stream")
+}
+
+async fn read_until_status(stream: reqwest::Response) -> Vec<(StreamEvent, Instant)> {
+    let arrivals = Mutex::new(Vec::new());
+    let events = read_events(stream, |event| {
+        arrivals.lock().unwrap().push(Instant::now());
+        event.name == "status"
+    })
+    .await;
+    events
+        .into_iter()
+        .zip(arrivals.into_inner().unwrap())
+        .collect()
+}
+
+async fn status_on(gateway: &Corral, task_url: &str) -> Value {
+    gateway.finished(&on(gateway, task_url)).await
+}
+
+/// Any gateway follows, continues and serves any task: a follower on each of
+/// three gateways sees the same events as the task's own gateway, within
+/// milliseconds; folding them gives the final status; a step submitted on
+/// another gateway continues there; a file written through one is served by
+/// every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_gateway_follows_continues_and_serves_any_task() {
+    let (cluster, _folders) = cluster(3).await;
+    let [a, b, c] = &cluster.gateways[..] else {
+        panic!("three gateways")
+    };
+
+    // Events: the task runs on `a`, followed on all three.
+    let gate = Gate::start().await;
+    let task_url = a
+        .submit(SAFE, &[("gate", &gate.url), ("text", "fanned out")])
+        .await;
+    gate.arrived().await;
+    let streams = [
+        follow(a, &task_url).await,
+        follow(b, &task_url).await,
+        follow(c, &task_url).await,
+    ];
+    gate.open(1);
+    let seen = futures::future::join_all(streams.map(read_until_status)).await;
+    let names = |events: &[(StreamEvent, Instant)]| -> Vec<(Option<u64>, String, Value)> {
+        events
+            .iter()
+            .skip(1)
+            .map(|(event, _)| (event.id, event.name.clone(), event.data.clone()))
+            .collect()
+    };
+    assert_eq!(
+        names(&seen[0]),
+        names(&seen[1]),
+        "a and b saw the same events"
+    );
+    assert_eq!(
+        names(&seen[0]),
+        names(&seen[2]),
+        "a and c saw the same events"
+    );
+    let status = status_on(c, &task_url).await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    let mut folded = seen[1][0].0.data["log"].as_str().unwrap_or("").to_owned();
+    for (event, _) in &seen[1][1..] {
+        if event.name == "log" {
+            if !folded.is_empty() {
+                folded.push('\n');
+            }
+            folded.push_str(event.data["text"].as_str().unwrap());
+        }
+    }
+    assert_eq!(
+        folded,
+        status["log"].as_str().unwrap(),
+        "b's events fold into the status"
+    );
+    assert_eq!(seen[1].last().unwrap().0.data["status"], "SUCCESS");
+    for (replica, events) in [("b", &seen[1]), ("c", &seen[2])] {
+        let lag: Vec<f64> = events
+            .iter()
+            .zip(&seen[0])
+            .skip(1)
+            .map(|((_, there), (_, here))| {
+                there.saturating_duration_since(*here).as_secs_f64() * 1e3
+            })
+            .collect();
+        println!(
+            "fan-out: replica {replica} saw each event {lag:.2?} ms after the owner's follower"
+        );
+    }
+
+    // A step asked for on `a`, submitted on `b`, followed to its end on `c`.
+    let task_url = a
+        .submit(UNSAFE, &[("step", "true"), ("text", "stepped")])
+        .await;
+    b.wait_for_step(&on(b, &task_url)).await;
+    let step = format!("/plugins/{UNSAFE}/{}/confirm-process/", task_id(&task_url));
+    let (code, location, body) = b.post_form(&step, &[("answer", "from b")]).await;
+    assert_eq!(code, 303, "{body}");
+    assert!(location.unwrap().starts_with(&b.http));
+    let status = status_on(c, &task_url).await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    assert_eq!(status["log"], "confirmed: from b\nv1.0.0 says: stepped");
+
+    // A file of 3 MiB written through `c`, read through `a` and `b`.
+    let size = 3 * 1024 * 1024 + 7;
+    let task_url = c.submit(BULK, &[("size", &size.to_string())]).await;
+    let status = status_on(c, &task_url).await;
+    let href = status["outputs"][0]["href"].as_str().unwrap().to_owned();
+    for gateway in [a, b] {
+        let bytes = gateway
+            .client
+            .get(on(gateway, &href))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), size);
+        assert!(bytes.iter().all(|&byte| byte == b'x'));
+    }
+}
+
+/// What a scenario saw of its tasks, printed as one line of the table.
+#[derive(Default)]
+struct Tally {
+    accepted: usize,
+    ended: usize,
+    success: usize,
+    failures: BTreeMap<String, usize>,
+    duplicated: usize,
+}
+
+impl Tally {
+    fn count(&mut self, status: &Value, outputs_expected: usize) {
+        self.ended += 1;
+        match status["status"].as_str() {
+            Some("SUCCESS") => self.success += 1,
+            _ => {
+                let reason = status["log"]
+                    .as_str()
+                    .unwrap_or("")
+                    .lines()
+                    .last()
+                    .unwrap_or("");
+                *self.failures.entry(reason.to_owned()).or_default() += 1;
+            }
+        }
+        let outputs = status["outputs"].as_array().map_or(0, Vec::len);
+        self.duplicated += outputs.saturating_sub(outputs_expected);
+    }
+
+    fn print(&self, scenario: &str, recovery: Duration) {
+        println!(
+            "scenario {scenario}: accepted {}, ended {}, SUCCESS {}, FAILURE {:?}, lost {}, \
+             duplicated {}, recovered in {:.2} s",
+            self.accepted,
+            self.ended,
+            self.success,
+            self.failures,
+            self.accepted - self.ended,
+            self.duplicated,
+            recovery.as_secs_f64()
+        );
+    }
+}
+
+/// kill -9 of a gateway with tasks running: the others adopt them within its
+/// lease; the retry-safe ones run again from their checkpoint and succeed
+/// once, the others fail with the reason; the other gateways' own tasks are
+/// untouched; a client that retries its submission elsewhere is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_load_loses_nothing() {
+    let (mut cluster, _folders) = cluster(3).await;
+    let gate = Gate::start().await;
+    let mut tasks = Vec::new();
+    for round in 0..6 {
+        let text = format!("task {round}");
+        for (gateway, plugin) in [(0, SAFE), (0, UNSAFE), (1, SAFE)] {
+            let form = [("gate", gate.url.as_str()), ("text", &text), ("parts", "1")];
+            let task_url = cluster.gateways[gateway].submit(plugin, &form).await;
+            tasks.push((gateway, plugin, task_url));
+        }
+    }
+    for _ in &tasks {
+        gate.arrived().await;
+    }
+    let killed = unix_millis();
+    cluster.gateways[0].child.kill().unwrap();
+    cluster.gateways[0].child.wait().unwrap();
+    // A client of the dead gateway submits again elsewhere.
+    let refused = cluster.gateways[0]
+        .client
+        .post(cluster.gateways[0].url(&format!("/plugins/{SAFE}/process/")))
+        .form(&[("text", "retried")])
+        .send()
+        .await;
+    assert!(refused.is_err(), "the killed gateway still answers");
+    let retried = cluster.gateways[2]
+        .submit(SAFE, &[("text", "retried")])
+        .await;
+    gate.open(tasks.len() * 2);
+
+    let survivor = &cluster.gateways[1];
+    let mut tally = Tally {
+        accepted: tasks.len(),
+        ..Tally::default()
+    };
+    for (gateway, plugin, task_url) in &tasks {
+        let status = status_on(survivor, task_url).await;
+        tally.count(&status, 1);
+        let log = status["log"].as_str().unwrap();
+        match (*gateway, *plugin) {
+            (0, SAFE) => {
+                assert_eq!(status["status"], "SUCCESS", "{status}");
+                assert!(
+                    log.starts_with("re-running: the gateway running the task went away"),
+                    "{log}"
+                );
+            }
+            (0, _) => {
+                assert_eq!(status["status"], "FAILURE", "{status}");
+                assert!(
+                    log.ends_with("the plugin's tasks are not safe to run again"),
+                    "{log}"
+                );
+            }
+            _ => {
+                assert_eq!(status["status"], "SUCCESS", "{status}");
+                assert!(!log.contains("re-running"), "{log}");
+            }
+        }
+    }
+    assert_eq!(status_on(survivor, &retried).await["status"], "SUCCESS");
+    // The tasks not safe to run again ended as soon as they were adopted.
+    let mut connection = cluster.database.connect().await;
+    let last_adopted: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT MAX(finished_at) AS at FROM tasks WHERE plugin = $1")
+            .bind(UNSAFE)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap(),
+        "at",
+    );
+    let adopted_by = Duration::from_millis(u64::try_from(last_adopted - killed).unwrap());
+    tally.print("gateway kill -9", adopted_by);
+    assert_eq!((tally.ended, tally.duplicated), (tally.accepted, 0));
+    assert!(adopted_by < ADOPTED_WITHIN, "adopted after {adopted_by:?}");
+    // No expired lease owns a running task any more.
+    let orphans: i64 = sqlx::Row::get(
+        &sqlx::query(
+            "SELECT COUNT(*) AS n FROM tasks t JOIN gateways g ON g.id = t.owner \
+             WHERE t.status = 'PENDING' AND g.expires_at < (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap(),
+        "n",
+    );
+    assert_eq!(orphans, 0);
+}
+
+/// Redis killed with kill -9 while a task runs and followers wait on other
+/// gateways: every stream still ends with the final status (read from the
+/// database meanwhile); Redis started again, the fan-out resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_started_again_loses_no_event() {
+    let (mut cluster, _folders) = cluster(2).await;
+    let gate = Gate::start().await;
+    let first_url = cluster.gateways[0]
+        .submit(
+            SAFE,
+            &[("gate", &gate.url), ("text", "while Redis is away")],
+        )
+        .await;
+    gate.arrived().await;
+    let stream = follow(&cluster.gateways[1], &first_url).await;
+    let killed = Instant::now();
+    cluster.redis.kill();
+    gate.open(1);
+    let events = read_until_status(stream).await;
+    let ended_after = killed.elapsed();
+    let last = &events.last().unwrap().0;
+    assert_eq!(last.data["status"], "SUCCESS");
+    assert!(
+        events
+            .iter()
+            .any(|(event, _)| event.data["text"] == "v1.0.0 says: while Redis is away"),
+        "{events:?}"
+    );
+    let port = cluster.redis.port;
+    cluster.redis = RedisServer::start_on(port);
+    let restarted = Instant::now();
+    for gateway in &cluster.gateways {
+        wait_for_ready(gateway, |ready| ready["fanOut"] == "up").await;
+    }
+    let resumed = restarted.elapsed();
+    let task_url = cluster.gateways[0]
+        .submit(SAFE, &[("gate", &gate.url), ("text", "after")])
+        .await;
+    gate.arrived().await;
+    let stream = follow(&cluster.gateways[1], &task_url).await;
+    gate.open(1);
+    let events = read_until_status(stream).await;
+    assert_eq!(events.last().unwrap().0.data["status"], "SUCCESS");
+    let mut tally = Tally {
+        accepted: 2,
+        ..Tally::default()
+    };
+    for task_url in [&first_url, &task_url] {
+        tally.count(&status_on(&cluster.gateways[1], task_url).await, 0);
+    }
+    assert_eq!((tally.ended, tally.success), (2, 2));
+    tally.print("Redis kill -9", resumed);
+    println!(
+        "Redis down: the follower elsewhere got the final status {:.2} s after the kill",
+        ended_after.as_secs_f64()
+    );
+}
+
+async fn wait_for_ready(gateway: &Corral, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let (_, body) = gateway.get_json("/ready").await;
+        if until(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "not ready as expected: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A second gateway on the same SQLite database is refused with one clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_sqlite_is_refused() {
+    let database = common::serve::TestDatabase::new(common::serve::Db::Sqlite).await;
+    let folders = PluginFolders::new();
+    let first = Corral::serve(&database, &[folders.path()]);
+    let (_, ready) = first.get_json("/ready").await;
+    assert!(!ready["lease"].as_str().unwrap().is_empty(), "{ready}");
+    let other_dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        database.data_dir.path().join("corral.db").display()
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args([
+            "gateway",
+            "--http",
+            "127.0.0.1:0",
+            "--supervisor",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--database-url", &url, "--data-dir"])
+        .arg(other_dir.path())
+        .env("CORRAL_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another gateway (http://127.0.0.1:")
+            && stderr.contains("several gateways need PostgreSQL"),
+        "{stderr}"
+    );
+}
+
+fn unix_millis() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
