@@ -1172,44 +1172,40 @@ impl Store {
         id: &str,
         after: u64,
     ) -> Result<Option<(Vec<String>, bool)>, StoreError> {
-        let row = read_retrying(|| async {
-            let row = sqlx::query("SELECT events, status FROM tasks WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            Ok(row)
-        })
-        .await?;
-        let Some(row) = row else {
+        let sql = "SELECT events, status FROM tasks WHERE id = $1";
+        let Some(row) = self.read_row(sql, id).await? else {
             return Ok(None);
         };
         let events: String = row.try_get("events")?;
-        let status: String = row.try_get("status")?;
         let after = usize::try_from(after).unwrap_or(usize::MAX);
         let lines = events.lines().skip(after).map(str::to_owned).collect();
-        Ok(Some((lines, status != TaskStatus::Pending.as_str())))
+        Ok(Some((lines, ended(&row)?)))
     }
 
     /// How many events the task's stream holds, and whether the task ended;
     /// `None` for no such task.
     pub async fn event_progress(&self, id: &str) -> Result<Option<(u64, bool)>, StoreError> {
-        let row = read_retrying(|| async {
-            let row = sqlx::query("SELECT event_count, status FROM tasks WHERE id = $1")
-                .bind(id)
+        let sql = "SELECT event_count, status FROM tasks WHERE id = $1";
+        let Some(row) = self.read_row(sql, id).await? else {
+            return Ok(None);
+        };
+        let count: i64 = row.try_get("event_count")?;
+        Ok(Some((
+            u64::try_from(count).unwrap_or_default(),
+            ended(&row)?,
+        )))
+    }
+
+    /// The row `sql` reads for `key` (its one parameter), retried as reads are.
+    async fn read_row(&self, sql: &'static str, key: &str) -> Result<Option<AnyRow>, StoreError> {
+        read_retrying(|| async {
+            let row = sqlx::query(sql)
+                .bind(key)
                 .fetch_optional(&self.pool)
                 .await?;
             Ok(row)
         })
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let count: i64 = row.try_get("event_count")?;
-        let status: String = row.try_get("status")?;
-        Ok(Some((
-            u64::try_from(count).unwrap_or_default(),
-            status != TaskStatus::Pending.as_str(),
-        )))
+        .await
     }
 
     /// Woken after each commit that wrote webhook notices.
@@ -1331,18 +1327,9 @@ impl Store {
 
     /// A stored file by its public id, with its bytes if they are inline.
     pub async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
-        let row = read_retrying(|| async {
-            let row = sqlx::query(
-                "SELECT id, secret, task_id, kind, position, name, data_type, content_type, \
-                 size, storage_key, content FROM files WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row)
-        })
-        .await?;
-        let Some(row) = row else {
+        let sql = "SELECT id, secret, task_id, kind, position, name, data_type, content_type, \
+                   size, storage_key, content FROM files WHERE id = $1";
+        let Some(row) = self.read_row(sql, id).await? else {
             return Ok(None);
         };
         let mut file = file_record(&row)?;
@@ -1394,17 +1381,8 @@ impl Store {
 
     /// Whether a complete file is stored under `key`.
     pub async fn blob_exists(&self, key: &str) -> Result<bool, StoreError> {
-        let row = read_retrying(|| async {
-            let row = sqlx::query(
-                "SELECT 1 AS found FROM file_blobs WHERE storage_key = $1 AND complete = 1",
-            )
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row)
-        })
-        .await?;
-        Ok(row.is_some())
+        let sql = "SELECT 1 AS found FROM file_blobs WHERE storage_key = $1 AND complete = 1";
+        Ok(self.read_row(sql, key).await?.is_some())
     }
 
     /// Chunk `position` of a file; `None` past its last.
@@ -1624,6 +1602,11 @@ fn notice_position(count: usize) -> i64 {
     // The closure never refuses, so the update always succeeds.
     let _always_ok = update;
     first
+}
+
+/// Whether the task of a row with its `status` has ended.
+fn ended(row: &AnyRow) -> Result<bool, sqlx::Error> {
+    Ok(row.try_get::<String, _>("status")? != TaskStatus::Pending.as_str())
 }
 
 fn file_record(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
