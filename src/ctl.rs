@@ -13,7 +13,9 @@ use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
 use corral_proto::{
     admin::{AdminApi, AdminToken, admin_api},
-    supervisor::v1::{FollowLogsRequest, ListPluginsRequest, PluginRef, PluginStatus},
+    supervisor::v1::{
+        DrainRequest, FollowLogsRequest, ListPluginsRequest, PluginRef, PluginStatus,
+    },
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -78,6 +80,15 @@ enum CtlCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Drain the supervisor's host: gateways send it no new task, its running
+    /// tasks finish (`--undo` takes tasks again).
+    Drain {
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Every plugin host and gateway the gateway knows: hosts with their
+    /// state and calls in flight, gateways with their lease and running tasks.
+    Cluster,
 }
 
 pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -186,6 +197,77 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 ]);
             }
             print_table(&rows)
+        }
+        CtlCommand::Drain { undo } => {
+            let answer = admin(&args)
+                .await?
+                .drain(DrainRequest { draining: !undo })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if args.json {
+                return print_json(
+                    &json!({"draining": answer.draining, "inFlight": answer.in_flight}),
+                );
+            }
+            let state = if answer.draining {
+                "draining: no new task"
+            } else {
+                "taking tasks"
+            };
+            say!(
+                "{}: {state}; {} calls running through it",
+                args.supervisor,
+                answer.in_flight
+            );
+            Ok(())
+        }
+        CtlCommand::Cluster => {
+            let url = format!("{}/admin/plugins/", args.gateway.trim_end_matches('/'));
+            let body = get_json(&args, &url).await?;
+            if args.json {
+                return print_json(&json!({"hosts": body["hosts"], "gateways": body["gateways"]}));
+            }
+            let mut hosts = vec![
+                ["HOST", "STATE", "READY", "IN FLIGHT"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for host in body["hosts"].as_array().into_iter().flatten() {
+                let state = match (host["connected"] == true, host["draining"] == true) {
+                    (false, _) => "unreachable",
+                    (true, true) => "draining",
+                    (true, false) => "up",
+                };
+                hosts.push(vec![
+                    text(&host["url"]),
+                    state.into(),
+                    host["ready"].to_string(),
+                    host["inFlight"].to_string(),
+                ]);
+            }
+            print_table(&hosts)?;
+            say!("");
+            let mut gateways = vec![
+                ["GATEWAY", "URL", "LEASE", "RUNNING", "STARTED"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for gateway in body["gateways"].as_array().into_iter().flatten() {
+                let lease = if gateway["live"] == 1 {
+                    "live"
+                } else {
+                    "expired"
+                };
+                gateways.push(vec![
+                    text(&gateway["id"]),
+                    text(&gateway["url"]),
+                    lease.into(),
+                    gateway["running"].to_string(),
+                    age(gateway["startedAt"].as_i64()),
+                ]);
+            }
+            print_table(&gateways)
         }
         CtlCommand::Task { id, follow } => {
             let task_url = format!("{}/tasks/{id}/", args.gateway.trim_end_matches('/'));

@@ -118,13 +118,17 @@ struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 struct GatewayArgs {
-    /// The supervisor's gRPC URL.
+    /// The gRPC URL of each plugin host's supervisor, comma-separated. With
+    /// one supervisor on this machine plugins are called on their loopback
+    /// endpoints; otherwise through their host's supervisor, which checks the
+    /// admin token (all hosts must share it).
     #[arg(
         long,
         env = "CORRAL_SUPERVISOR",
-        default_value = "http://127.0.0.1:5006"
+        default_value = "http://127.0.0.1:5006",
+        value_delimiter = ','
     )]
-    supervisor: String,
+    supervisor: Vec<String>,
     /// File holding the supervisor's admin token (default: admin-token in
     /// --data-dir, where a supervisor with the same data dir writes it);
     /// CORRAL_ADMIN_TOKEN gives the token itself.
@@ -545,7 +549,8 @@ async fn envs(args: EnvsArgs) -> anyhow::Result<()> {
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let mut config = args.gateway.config(args.supervisor)?;
+    let mut config = args.gateway.config(String::new())?;
+    config.supervisor_urls = args.supervisor;
     let path = args
         .admin_token_file
         .unwrap_or_else(|| args.gateway.data_dir.join(ADMIN_TOKEN_FILE));
@@ -582,7 +587,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("failed to start the supervisor")?;
     let grpc = supervisor.local_addr();
-    config.supervisor_url = format!("http://{grpc}");
+    config.supervisor_urls = vec![format!("http://{grpc}")];
     let gateway = RunningGateway::start(&config)
         .await
         .context("failed to start the gateway")?;

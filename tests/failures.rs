@@ -66,15 +66,16 @@ async fn misbehaving_plugins_fail_their_task_and_harm_nothing_else() {
         .await;
     let status = corral.finished(&task_url).await;
     assert_eq!(status["log"], "v1.0.0 says: still here");
-    // A partial output never shows as a file.
-    let files = std::fs::read_dir(database.data_dir.path().join("files"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect::<Vec<_>>();
-    assert!(
-        files.iter().all(|name| !name.ends_with(".partial")),
-        "{files:?}"
+    // A partial output never stays behind in the (shared) file store.
+    let mut connection = database.connect().await;
+    let partial: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM file_blobs WHERE complete = 0")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap(),
+        "n",
     );
+    assert_eq!(partial, 0, "partial files left in the file store");
 }
 
 #[tokio::test]

@@ -797,13 +797,15 @@ async fn metrics_move_when_a_task_runs_and_a_plugin_restarts() {
     let before = scrape().await;
     let succeeded = format!("corral_tasks_total{{plugin=\"{HELLO}\",status=\"SUCCESS\"}}");
     assert_eq!(before.get(&succeeded), None);
+    let host = format!("http://{}", corral.grpc.as_ref().unwrap());
+    let state =
+        format!("corral_plugin_state{{plugin=\"hello-world\",host=\"{host}\",state=\"ready\"}}");
+    assert_eq!(before[&state], 1.0);
+    let restarts = format!("corral_plugin_restarts{{plugin=\"hello-world\",host=\"{host}\"}}");
+    assert_eq!(before[&restarts], 0.0);
     assert_eq!(
-        before["corral_plugin_state{plugin=\"hello-world\",state=\"ready\"}"],
+        before[&format!("corral_host_connected{{host=\"{host}\"}}")],
         1.0
-    );
-    assert_eq!(
-        before["corral_plugin_restarts{plugin=\"hello-world\"}"],
-        0.0
     );
     assert_eq!(before["corral_tasks_in_flight"], 0.0);
 
@@ -828,7 +830,7 @@ async fn metrics_move_when_a_task_runs_and_a_plugin_restarts() {
     let deadline = std::time::Instant::now() + common::DEADLINE;
     loop {
         let samples = scrape().await;
-        if samples.get("corral_plugin_restarts{plugin=\"hello-world\"}") == Some(&1.0) {
+        if samples.get(&restarts) == Some(&1.0) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "restart not counted");

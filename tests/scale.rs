@@ -1,9 +1,10 @@
-//! Several gateways on one PostgreSQL database and one Redis, on 127.0.0.x:
-//! any gateway serves any task, its events, steps and files; a gateway that
-//! dies or loses its database has its running tasks adopted by the others
-//! within its lease; Redis going away loses no event. Each scenario prints
-//! accepted, ended, outcomes, lost (accepted − ended), duplicated outputs and
-//! recovery times.
+//! Several gateways on one PostgreSQL database and one Redis, and several
+//! plugin hosts, on 127.0.0.x: any gateway serves any task, its events, steps
+//! and files; a gateway that dies has its running tasks adopted by the others
+//! within its lease; a host that dies has its retry-safe tasks run again on
+//! another; a drained host gets no new task; Redis going away loses no event.
+//! Each scenario prints accepted, ended, outcomes, lost (accepted − ended),
+//! duplicated outputs and recovery times.
 
 #![allow(clippy::unwrap_used)]
 
@@ -46,8 +47,20 @@ fn folders() -> PluginFolders {
 }
 
 async fn cluster(gateways: usize) -> (Cluster, PluginFolders) {
+    hosts_and_gateways(1, gateways).await
+}
+
+async fn hosts_and_gateways(hosts: usize, gateways: usize) -> (Cluster, PluginFolders) {
     let folders = folders();
-    let cluster = Cluster::start(&[folders.path()], gateways).await;
+    let cluster = Cluster::start_hosts(&[folders.path()], hosts, gateways).await;
+    for gateway in &cluster.gateways {
+        wait_for_ready(gateway, |ready| {
+            ready["hosts"]
+                .as_array()
+                .is_some_and(|hosts| hosts.iter().all(|host| host["ready"] == 3))
+        })
+        .await;
+    }
     cluster.wait_for_plugins(&[SAFE, UNSAFE, BULK]).await;
     (cluster, folders)
 }
@@ -431,4 +444,114 @@ fn unix_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     i64::try_from(since.as_millis()).unwrap()
+}
+
+/// kill -9 of a plugin host (its supervisor, and with it its plugins) with
+/// tasks running on both hosts: the retry-safe ones run again on the other
+/// host and succeed once, the others fail with the reason, a task waiting for
+/// a step continues on the other host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_load_loses_nothing() {
+    let (mut cluster, _folders) = hosts_and_gateways(2, 2).await;
+    let gate = Gate::start().await;
+    let waiting = cluster.gateways[0]
+        .submit(UNSAFE, &[("step", "true"), ("text", "waited")])
+        .await;
+    cluster.gateways[0].wait_for_step(&waiting).await;
+    let mut tasks = Vec::new();
+    for round in 0..6 {
+        let text = format!("task {round}");
+        for plugin in [SAFE, UNSAFE] {
+            let form = [("gate", gate.url.as_str()), ("text", &text), ("parts", "1")];
+            let gateway = &cluster.gateways[round % 2];
+            tasks.push((plugin, gateway.submit(plugin, &form).await));
+        }
+    }
+    for _ in &tasks {
+        gate.arrived().await;
+    }
+    let mut on_killed = cluster.hosts[0].admin().await;
+    let running_there = on_killed
+        .drain(corral_proto::supervisor::v1::DrainRequest { draining: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .in_flight;
+    assert!(running_there > 0, "no task ran on the first host");
+    let killed = Instant::now();
+    cluster.hosts[0].child.kill().unwrap();
+    cluster.hosts[0].child.wait().unwrap();
+    gate.open(tasks.len() * 2);
+
+    let gateway = &cluster.gateways[1];
+    let mut tally = Tally {
+        accepted: tasks.len() + 1,
+        ..Tally::default()
+    };
+    let mut failed = 0;
+    for (plugin, task_url) in &tasks {
+        let status = status_on(gateway, task_url).await;
+        tally.count(&status, 1);
+        let log = status["log"].as_str().unwrap();
+        if *plugin == SAFE {
+            assert_eq!(status["status"], "SUCCESS", "{status}");
+        } else if status["status"] == "FAILURE" {
+            failed += 1;
+            assert!(log.contains("stopped while running the task"), "{log}");
+        }
+    }
+    let recovery = killed.elapsed();
+    let step = format!("/plugins/{UNSAFE}/{}/confirm-process/", task_id(&waiting));
+    let (code, _, body) = gateway.post_form(&step, &[("answer", "later")]).await;
+    assert_eq!(code, 303, "{body}");
+    let status = status_on(gateway, &waiting).await;
+    assert_eq!(status["status"], "SUCCESS", "{status}");
+    tally.count(&status, 0);
+    tally.print("host kill -9", recovery);
+    assert_eq!((tally.ended, tally.duplicated), (tally.accepted, 0));
+    assert_eq!(
+        u32::try_from(failed).unwrap() + tally.success as u32,
+        u32::try_from(tasks.len()).unwrap() + 1
+    );
+}
+
+/// A drained host gets no new task; the task it was running finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_host_gets_no_new_task_and_finishes_its_own() {
+    let (cluster, _folders) = hosts_and_gateways(2, 1).await;
+    let gateway = &cluster.gateways[0];
+    let gate = Gate::start().await;
+    let form = [("gate", gate.url.as_str()), ("text", "drain")];
+    let submit = || gateway.submit(SAFE, &form);
+    let mut tasks = vec![submit().await];
+    gate.arrived().await;
+    tasks.push(submit().await);
+    gate.arrived().await;
+    let in_flight = |host: usize| {
+        let supervisor = &cluster.hosts[host];
+        async move {
+            supervisor
+                .admin()
+                .await
+                .drain(corral_proto::supervisor::v1::DrainRequest {
+                    draining: host == 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .in_flight
+        }
+    };
+    // The least busy host first: one task on each.
+    assert_eq!((in_flight(0).await, in_flight(1).await), (1, 1));
+    wait_for_ready(gateway, |ready| ready["hosts"][0]["draining"] == true).await;
+    for _ in 0..3 {
+        tasks.push(submit().await);
+        gate.arrived().await;
+    }
+    assert_eq!((in_flight(0).await, in_flight(1).await), (1, 4));
+    gate.open(tasks.len());
+    for task_url in &tasks {
+        assert_eq!(status_on(gateway, task_url).await["status"], "SUCCESS");
+    }
 }

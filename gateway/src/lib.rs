@@ -137,12 +137,21 @@ impl RunningGateway {
             what: "failed to set up the webhook client".into(),
             source: std::io::Error::other(error),
         })?;
-        let supervisor = SupervisorLink {
-            url: config.supervisor_url.clone(),
-            token: corral_proto::admin::AdminToken::new(&config.supervisor_token)
-                .map_err(GatewayError::AdminToken)?,
-        };
-        let directory = Directory::follow(supervisor.clone(), shutdown.clone());
+        let token = corral_proto::admin::AdminToken::new(&config.supervisor_token)
+            .map_err(GatewayError::AdminToken)?;
+        let supervisors: Vec<SupervisorLink> = config
+            .supervisor_urls
+            .iter()
+            .map(|url| SupervisorLink {
+                url: url.clone(),
+                token: token.clone(),
+            })
+            .collect();
+        // One supervisor on this machine: its plugins are called directly on
+        // their loopback endpoints; else through each host's supervisor.
+        let proxied =
+            supervisors.len() > 1 || !supervisors.iter().all(|link| is_loopback_url(&link.url));
+        let directory = Directory::follow(supervisors.clone(), proxied, shutdown.clone());
         let live = LiveEvents::default();
         if let Some(url) = &config.redis_url {
             let fanout =
@@ -169,7 +178,7 @@ impl RunningGateway {
             title: config.title.clone(),
             max_body_bytes: config.max_body_bytes,
             internal_url: format!("http://{}", loopback(local_addr)),
-            supervisor,
+            supervisors,
         };
         let state = AppState {
             config: Arc::new(settings),
@@ -250,6 +259,19 @@ impl RunningGateway {
 
 /// How long open connections may take to finish after a shutdown request.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether a URL names this machine by a loopback address (or `localhost`).
+fn is_loopback_url(url: &str) -> bool {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|url| url.host().map(|host| host.to_owned()))
+    {
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
+}
 
 fn loopback(mut address: std::net::SocketAddr) -> std::net::SocketAddr {
     if address.ip().is_unspecified() {

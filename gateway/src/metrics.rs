@@ -1,6 +1,6 @@
-//! `/metrics` in the Prometheus text format: plugin states and restarts (from
-//! the supervisor's stream), tasks by status, task duration, invoke latency,
-//! tasks in flight.
+//! `/metrics` in the Prometheus text format: plugin states, restarts and calls
+//! in flight per host (from the supervisors' streams), hosts and gateways,
+//! tasks by status, task duration, invoke latency, tasks in flight.
 
 use std::sync::Arc;
 
@@ -30,7 +30,25 @@ struct PluginLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginStateLabels {
     plugin: String,
+    host: String,
     state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginHostLabels {
+    plugin: String,
+    host: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    host: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabels {
+    gateway: String,
+    url: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,7 +71,11 @@ pub(crate) struct Metrics {
     task_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
     invoke_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
     plugin_state: Family<PluginStateLabels, Gauge>,
-    plugin_restarts: Family<PluginLabels, Gauge>,
+    plugin_restarts: Family<PluginHostLabels, Gauge>,
+    plugin_in_flight: Family<PluginHostLabels, Gauge>,
+    host_connected: Family<HostLabels, Gauge>,
+    host_draining: Family<HostLabels, Gauge>,
+    gateway_running: Family<GatewayLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,11 +113,35 @@ impl Default for Metrics {
             "1 for the state each plugin is in",
             plugin_state.clone(),
         );
-        let plugin_restarts = Family::<PluginLabels, Gauge>::default();
+        let plugin_restarts = Family::<PluginHostLabels, Gauge>::default();
         registry.register(
             "corral_plugin_restarts",
-            "How many times the supervisor started each plugin again",
+            "How many times its host's supervisor started each plugin again",
             plugin_restarts.clone(),
+        );
+        let plugin_in_flight = Family::<PluginHostLabels, Gauge>::default();
+        registry.register(
+            "corral_plugin_calls_in_flight",
+            "This gateway's calls running on each plugin of each host",
+            plugin_in_flight.clone(),
+        );
+        let host_connected = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "corral_host_connected",
+            "1 while a plugin host's supervisor is followed",
+            host_connected.clone(),
+        );
+        let host_draining = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "corral_host_draining",
+            "1 while a plugin host is drained (it gets no new task)",
+            host_draining.clone(),
+        );
+        let gateway_running = Family::<GatewayLabels, Gauge>::default();
+        registry.register(
+            "corral_gateway_running_tasks",
+            "Running tasks owned by each gateway with a live lease on the database",
+            gateway_running.clone(),
         );
         Self {
             registry: Arc::new(registry),
@@ -105,6 +151,10 @@ impl Default for Metrics {
             invoke_seconds,
             plugin_state,
             plugin_restarts,
+            plugin_in_flight,
+            host_connected,
+            host_draining,
+            gateway_running,
         }
     }
 }
@@ -144,22 +194,57 @@ impl Metrics {
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = &state.runner.metrics;
+    let gateways = state.store.gateways().await?;
     metrics.plugin_state.clear();
     metrics.plugin_restarts.clear();
-    for plugin in state.directory.snapshot().all() {
+    metrics.plugin_in_flight.clear();
+    metrics.host_connected.clear();
+    metrics.host_draining.clear();
+    metrics.gateway_running.clear();
+    let table = state.directory.snapshot();
+    for plugin in table.all() {
+        let labels = PluginHostLabels {
+            plugin: plugin.folder.clone(),
+            host: plugin.host.to_string(),
+        };
         metrics
             .plugin_state
             .get_or_create(&PluginStateLabels {
                 plugin: plugin.folder.clone(),
+                host: plugin.host.to_string(),
                 state: plugin.state.clone(),
             })
             .set(1);
         metrics
             .plugin_restarts
-            .get_or_create(&PluginLabels {
-                plugin: plugin.folder.clone(),
-            })
+            .get_or_create(&labels)
             .set(i64::from(plugin.restarts));
+        metrics
+            .plugin_in_flight
+            .get_or_create(&labels)
+            .set(i64::try_from(plugin.in_flight).unwrap_or(i64::MAX));
+    }
+    for host in table.hosts() {
+        let labels = HostLabels {
+            host: host.url.to_string(),
+        };
+        metrics
+            .host_connected
+            .get_or_create(&labels)
+            .set(i64::from(host.connected));
+        metrics
+            .host_draining
+            .get_or_create(&labels)
+            .set(i64::from(host.draining));
+    }
+    for gateway in gateways.iter().filter(|gateway| gateway.live == 1) {
+        metrics
+            .gateway_running
+            .get_or_create(&GatewayLabels {
+                gateway: gateway.id.clone(),
+                url: gateway.url.clone(),
+            })
+            .set(gateway.running);
     }
     let mut body = String::with_capacity(4096);
     prometheus_client::encoding::text::encode(&mut body, &metrics.registry)

@@ -469,11 +469,7 @@ impl Runner {
                     // Nothing ran: the same attempt, once the plugin is back.
                     tracing::info!(%reason, "the call did not reach the plugin; trying again");
                     unreached += 1;
-                    let replaced = self.directory.wait_for(|table| {
-                        table
-                            .ready(&job.plugin)
-                            .is_none_or(|now| now.pid != live.pid)
-                    });
+                    let replaced = self.directory.wait_for(|table| !table.is_serving(&live));
                     let _still_the_same = tokio::time::timeout(CRASH_REPORT_WAIT, replaced).await;
                     continue;
                 }
@@ -575,6 +571,8 @@ impl Runner {
             attempt,
         };
         let mut client = live.client().max_decoding_message_size(MAX_EVENT_BYTES);
+        // Counted as running on its host until the call ends (least in flight first).
+        let _running = live.begin_call();
         let invoked = std::time::Instant::now();
         let mut stream = match client.invoke(request).await {
             Ok(response) => {
@@ -779,12 +777,9 @@ impl Runner {
             Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
         );
         if maybe_crashed {
-            let identifier = live.identifier.clone();
-            let pid = live.pid;
             let gone = tokio::time::timeout(
                 CRASH_REPORT_WAIT,
-                self.directory
-                    .wait_for(|table| table.ready(&identifier).is_none_or(|now| now.pid != pid)),
+                self.directory.wait_for(|table| !table.is_serving(live)),
             )
             .await
             .is_ok();
@@ -792,7 +787,7 @@ impl Runner {
                 let how = self
                     .directory
                     .snapshot()
-                    .last_exit_reason(&live.folder)
+                    .last_exit_reason(live)
                     .map(|reason| format!(" ({reason})"))
                     .unwrap_or_default();
                 return Outcome::Crashed(format!(

@@ -9,9 +9,10 @@ use crate::{auth::AuthConfig, directory::Directory, runner::Runner, store::Store
 pub struct GatewayConfig {
     /// Where the REST API listens.
     pub http: SocketAddr,
-    /// The supervisor's gRPC URL, e.g. `http://127.0.0.1:5006`.
-    pub supervisor_url: String,
-    /// The token of the supervisor's Admin API.
+    /// The gRPC URL of each plugin host's supervisor, e.g.
+    /// `http://127.0.0.1:5006`.
+    pub supervisor_urls: Vec<String>,
+    /// The token of the supervisors' Admin API (and of their plugin proxy).
     pub supervisor_token: String,
     /// `postgres://…` or `sqlite:…`.
     pub database_url: String,
@@ -64,7 +65,7 @@ impl GatewayConfig {
     ) -> Self {
         Self {
             http,
-            supervisor_url,
+            supervisor_urls: vec![supervisor_url],
             supervisor_token: String::new(),
             database_url,
             data_dir,
@@ -94,8 +95,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// Base URL plugins use to read uploaded input files.
     pub(crate) internal_url: String,
-    /// The supervisor, for the admin routes.
-    pub(crate) supervisor: crate::directory::SupervisorLink,
+    /// The plugin hosts' supervisors, for the admin routes.
+    pub(crate) supervisors: Vec<crate::directory::SupervisorLink>,
 }
 
 /// What every handler gets.

@@ -12,7 +12,11 @@ use tonic::{
 use crate::supervisor::v1::admin_client;
 
 /// The metadata key the token travels in.
-const AUTHORIZATION: &str = "authorization";
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The metadata key that names the plugin (its folder on the host) a call
+/// through a supervisor's plugin proxy is for.
+pub const PLUGIN_HEADER: &str = "corral-plugin";
 
 /// A token that cannot travel in gRPC metadata (empty, or not visible ASCII).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,13 @@ impl std::fmt::Debug for RequireAdminToken {
     }
 }
 
+impl RequireAdminToken {
+    /// Whether an `authorization` value carries the token.
+    pub fn allows(&self, authorization: &[u8]) -> bool {
+        constant_time_eq(authorization, &self.expected)
+    }
+}
+
 impl Interceptor for RequireAdminToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let given = request
@@ -101,7 +112,7 @@ impl Interceptor for RequireAdminToken {
             .get(AUTHORIZATION)
             .map(AsciiMetadataValue::as_bytes)
             .unwrap_or_default();
-        if constant_time_eq(given, &self.expected) {
+        if self.allows(given) {
             return Ok(request);
         }
         Err(Status::unauthenticated(

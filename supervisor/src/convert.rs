@@ -21,7 +21,8 @@ pub(crate) fn state(state: PluginState) -> pb::PluginState {
     }
 }
 
-pub(crate) fn status(snapshot: &PluginSnapshot) -> pb::PluginStatus {
+/// A plugin's status; `draining` is its host's.
+pub(crate) fn status(snapshot: &PluginSnapshot, draining: bool) -> pb::PluginStatus {
     pb::PluginStatus {
         plugin: snapshot.name.clone(),
         state: state(snapshot.state).into(),
@@ -35,6 +36,7 @@ pub(crate) fn status(snapshot: &PluginSnapshot) -> pb::PluginStatus {
         manifest: snapshot.manifest_path.display().to_string(),
         error: snapshot.error.clone().unwrap_or_default(),
         retry_safe: snapshot.retry_safe,
+        draining,
     }
 }
 

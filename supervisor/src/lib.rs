@@ -7,6 +7,7 @@
 //! - [`confine`]: each plugin's Landlock confinement (`corral confine`).
 //! - `lifecycle`: the task that owns one plugin (see `lifecycle.md`).
 //! - `spawn`: the one audited place that creates and signals processes.
+//! - `proxy`: plugin calls from gateways on other machines, forwarded.
 //! - [`Supervisor`]: the set of plugin tasks; [`RunningSupervisor`]: its gRPC server.
 
 pub mod admin_token;
@@ -18,6 +19,7 @@ mod error;
 mod lifecycle;
 mod logs;
 pub mod manifest;
+mod proxy;
 mod server;
 mod service;
 mod spawn;

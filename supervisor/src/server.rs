@@ -61,6 +61,12 @@ pub enum ServeError {
     AdminToken(#[source] corral_proto::admin::InvalidToken),
 }
 
+/// How often an idle HTTP/2 connection is pinged, and how long a ping may go
+/// unanswered before the connection is taken for dead.
+const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// See [`KEEPALIVE_EVERY`].
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long open connections may take to close after a shutdown request.
 const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -170,13 +176,20 @@ impl RunningSupervisor {
             supervisor.force_shutdown();
         });
         let graceful = shutdown.graceful.clone();
+        let proxy =
+            crate::proxy::PluginProxy::new(self.supervisor.clone(), self.admin_check.clone());
         let mut server = tokio::spawn(
             tonic::transport::Server::builder()
+                // A gateway whose link died is noticed within seconds: its
+                // proxied calls are cancelled, and the plugins see it.
+                .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(RegistryServer::new(service.clone()))
                 .add_service(AdminServer::with_interceptor(service, self.admin_check))
+                .add_service(proxy)
                 .serve_with_incoming_shutdown(self.incoming, graceful.clone().cancelled_owned()),
         );
         let served = tokio::select! {

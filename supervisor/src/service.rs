@@ -27,6 +27,10 @@ pub struct SupervisorService {
 }
 
 impl SupervisorService {
+    fn status(&self, snapshot: &crate::state::PluginSnapshot) -> pb::PluginStatus {
+        convert::status(snapshot, self.supervisor.is_draining())
+    }
+
     /// Wraps a supervisor. The open streams (logs, watch) end when `closing` is
     /// cancelled, so they do not hold up a graceful shutdown.
     pub fn new(supervisor: Arc<Supervisor>, closing: CancellationToken) -> Self {
@@ -104,7 +108,12 @@ impl Admin for SupervisorService {
         &self,
         _request: Request<pb::ListPluginsRequest>,
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
-        let plugins = self.supervisor.list().iter().map(convert::status).collect();
+        let plugins = self
+            .supervisor
+            .list()
+            .iter()
+            .map(|snapshot| self.status(snapshot))
+            .collect();
         Ok(Response::new(pb::ListPluginsResponse { plugins }))
     }
 
@@ -113,7 +122,7 @@ impl Admin for SupervisorService {
         request: Request<pb::PluginRef>,
     ) -> Result<Response<pb::PluginStatus>, Status> {
         let snapshot = self.supervisor.get(&request.into_inner().plugin)?;
-        Ok(Response::new(convert::status(&snapshot)))
+        Ok(Response::new(self.status(&snapshot)))
     }
 
     async fn start_plugin(
@@ -124,7 +133,7 @@ impl Admin for SupervisorService {
             .supervisor
             .start_plugin(&request.into_inner().plugin)
             .await?;
-        Ok(Response::new(convert::status(&snapshot)))
+        Ok(Response::new(self.status(&snapshot)))
     }
 
     async fn stop_plugin(
@@ -135,7 +144,7 @@ impl Admin for SupervisorService {
             .supervisor
             .stop_plugin(&request.into_inner().plugin)
             .await?;
-        Ok(Response::new(convert::status(&snapshot)))
+        Ok(Response::new(self.status(&snapshot)))
     }
 
     async fn restart_plugin(
@@ -146,7 +155,7 @@ impl Admin for SupervisorService {
             .supervisor
             .restart_plugin(&request.into_inner().plugin)
             .await?;
-        Ok(Response::new(convert::status(&snapshot)))
+        Ok(Response::new(self.status(&snapshot)))
     }
 
     type FollowLogsStream = BoxStream<pb::PluginLogLine>;
@@ -205,11 +214,12 @@ impl Admin for SupervisorService {
         // Subscribe before reading the list, so no change falls in between.
         let mut changes = self.supervisor.subscribe();
         let supervisor = self.supervisor.clone();
+        let service = self.clone();
         let stream = stream_until_closed(self.closing.clone(), move |sender| async move {
             let mut pending = supervisor.list();
             loop {
                 for snapshot in pending.drain(..) {
-                    if sender.send(Ok(convert::status(&snapshot))).await.is_err() {
+                    if sender.send(Ok(service.status(&snapshot))).await.is_err() {
                         return;
                     }
                 }
@@ -222,6 +232,21 @@ impl Admin for SupervisorService {
             }
         });
         Ok(Response::new(stream))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.supervisor.set_draining(request.into_inner().draining);
+        let in_flight = self
+            .supervisor
+            .in_flight()
+            .load(std::sync::atomic::Ordering::SeqCst);
+        Ok(Response::new(pb::DrainResponse {
+            draining: self.supervisor.is_draining(),
+            in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+        }))
     }
 }
 

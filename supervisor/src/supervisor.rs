@@ -26,6 +26,10 @@ pub struct Supervisor {
     names: Vec<String>,
     shared: Arc<Shared>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
+    /// Set while the host is drained: gateways send it no new task.
+    draining: std::sync::atomic::AtomicBool,
+    /// Plugin calls running through the proxy.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Supervisor {
@@ -76,7 +80,40 @@ impl Supervisor {
             names,
             shared,
             tasks: tokio::sync::Mutex::new(tasks),
+            draining: Default::default(),
+            in_flight: Default::default(),
         })
+    }
+
+    /// Drains the host (or ends the drain); every plugin's state is published
+    /// again so that watchers see it.
+    pub fn set_draining(&self, draining: bool) {
+        use std::sync::atomic::Ordering;
+        if self.draining.swap(draining, Ordering::SeqCst) != draining {
+            tracing::info!(draining, "host drain changed");
+            for snapshot in self.list() {
+                let _no_watchers_is_fine = self.shared.changes.send(snapshot);
+            }
+        }
+    }
+
+    /// Whether the host is drained.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The counter of plugin calls running through the proxy.
+    pub(crate) fn in_flight(&self) -> &Arc<std::sync::atomic::AtomicUsize> {
+        &self.in_flight
+    }
+
+    /// The endpoint of the ready plugin in folder `plugin`.
+    pub(crate) fn ready_endpoint(&self, plugin: &str) -> Option<String> {
+        let index = self.names.iter().position(|name| name == plugin)?;
+        let status = self.plugins[index].status.borrow();
+        (status.state == crate::state::PluginState::Ready)
+            .then(|| status.endpoint.clone())
+            .flatten()
     }
 
     /// Every plugin's current state, in discovery order.

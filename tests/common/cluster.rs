@@ -1,6 +1,7 @@
 //! Several gateways on one PostgreSQL database, with a Redis of the test's own
 //! (so it can be killed and started again), each gateway on its own loopback
-//! address (127.0.0.2, 127.0.0.3, …) and data directory.
+//! address (127.0.0.2, 127.0.0.3, …) and data directory, following one or
+//! more plugin hosts (supervisors on 127.0.0.10, 127.0.0.11, …).
 
 use std::{
     path::Path,
@@ -75,11 +76,11 @@ impl Drop for RedisServer {
     }
 }
 
-/// One supervisor, gateways on one PostgreSQL database, and a Redis.
+/// Plugin hosts, gateways on one PostgreSQL database, and a Redis.
 pub struct Cluster {
     pub database: TestDatabase,
     pub redis: RedisServer,
-    pub supervisor: Supervisor,
+    pub hosts: Vec<Supervisor>,
     pub gateways: Vec<Corral>,
     /// The channel prefix of this test on Redis.
     prefix: String,
@@ -89,12 +90,21 @@ pub struct Cluster {
 impl Cluster {
     /// `gateways` gateways following a supervisor of `folders`.
     pub async fn start(folders: &[&Path], gateways: usize) -> Self {
+        Self::start_hosts(folders, 1, gateways).await
+    }
+
+    /// `gateways` gateways following `hosts` supervisors of `folders`.
+    pub async fn start_hosts(folders: &[&Path], hosts: usize, gateways: usize) -> Self {
         let database = TestDatabase::new(Db::Postgres).await;
-        let supervisor = Supervisor::start(folders);
+        let hosts = (0..hosts)
+            .map(|index| {
+                Supervisor::start_at(&format!("127.0.0.{}:0", index + 10), folders, &[], &[])
+            })
+            .collect();
         let mut cluster = Self {
             database,
             redis: RedisServer::start(),
-            supervisor,
+            hosts,
             gateways: Vec::new(),
             prefix: format!("test-{:016x}", rand_u64()),
             data_dirs: Vec::new(),
@@ -122,7 +132,7 @@ impl Cluster {
         let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
         command
             .args(["gateway", "--http", &format!("127.0.0.{}:0", index + 2)])
-            .args(["--supervisor", &self.supervisor.url()])
+            .args(["--supervisor", &self.supervisor_urls()])
             .args(["--database-url", self.database.url.as_deref().unwrap()])
             .args([
                 "--redis-url",
@@ -135,6 +145,12 @@ impl Cluster {
             .arg(data_dir)
             .env("CORRAL_ADMIN_TOKEN", super::ADMIN_TOKEN);
         command
+    }
+
+    /// Every host's supervisor URL, comma-separated.
+    pub fn supervisor_urls(&self) -> String {
+        let urls: Vec<String> = self.hosts.iter().map(Supervisor::url).collect();
+        urls.join(",")
     }
 
     /// Waits until every gateway lists `identifiers`.

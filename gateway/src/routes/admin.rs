@@ -16,13 +16,29 @@ use crate::{
     state::AppState,
 };
 
-async fn admin(state: &AppState) -> Result<AdminApi, ApiError> {
-    state
-        .config
-        .supervisor
-        .admin()
+/// A connected Admin API client of each plugin host's supervisor, with its
+/// URL; 503 when none can be reached.
+async fn hosts(state: &AppState) -> Result<Vec<(String, AdminApi)>, ApiError> {
+    let connections = state.config.supervisors.iter().map(|link| async move {
+        match link.admin().await {
+            Ok(client) => Some((link.url.clone(), client)),
+            Err(error) => {
+                tracing::warn!(supervisor = %link.url, %error, "supervisor unreachable");
+                None
+            }
+        }
+    });
+    let connected: Vec<_> = futures::future::join_all(connections)
         .await
-        .map_err(|_| ApiError::Unavailable("The supervisor cannot be reached.".into()))
+        .into_iter()
+        .flatten()
+        .collect();
+    if connected.is_empty() {
+        return Err(ApiError::Unavailable(
+            "The supervisor cannot be reached.".into(),
+        ));
+    }
+    Ok(connected)
 }
 
 /// A plugin as the admin routes show it.
@@ -50,29 +66,39 @@ pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
         (status = 401, description = "with --require-auth, no valid token", body = ErrorBody),
         (status = 503, description = "the supervisor cannot be reached", body = ErrorBody)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let plugins = admin(&state)
-        .await?
-        .list_plugins(ListPluginsRequest {})
-        .await
-        .map_err(ApiError::Grpc)?
-        .into_inner()
-        .plugins;
+    let mut plugins = Vec::new();
+    for (host, mut client) in hosts(&state).await? {
+        let listed = match client.list_plugins(ListPluginsRequest {}).await {
+            Ok(listed) => listed.into_inner().plugins,
+            Err(status) => {
+                tracing::warn!(supervisor = %host, %status, "failed to list a host's plugins");
+                continue;
+            }
+        };
+        plugins.extend(listed.into_iter().map(|status| (host.clone(), status)));
+    }
     let unfinished = state.store.unfinished_by_plugin().await?;
     let plugins: Vec<Value> = plugins
         .iter()
-        .map(|status| {
+        .map(|(host, status)| {
             let counts = unfinished
                 .iter()
                 .find(|tasks| tasks.plugin == status.identifier);
             let mut plugin = plugin_json(status);
+            plugin["host"] = json!(host);
             plugin["waitingTasks"] = json!(counts.map_or(0, |tasks| tasks.waiting));
             plugin["runningTasks"] = json!(counts.map_or(0, |tasks| tasks.running));
             plugin
         })
         .collect();
-    Ok(Json(
-        json!({ "plugins": plugins, "unfinishedTasks": unfinished }),
-    ))
+    let table = state.directory.snapshot();
+    let gateways = state.store.gateways().await?;
+    Ok(Json(json!({
+        "plugins": plugins,
+        "unfinishedTasks": unfinished,
+        "hosts": table.hosts(),
+        "gateways": gateways,
+    })))
 }
 
 /// `POST /admin/plugins/<plugin>/<start|stop|restart>/`.
@@ -84,18 +110,40 @@ pub(crate) async fn act(
     State(state): State<AppState>,
     Path((plugin, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut client = admin(&state).await?;
-    let reference = PluginRef { plugin };
-    let status = match action.as_str() {
-        "start" => client.start_plugin(reference).await,
-        "stop" => client.stop_plugin(reference).await,
-        "restart" => client.restart_plugin(reference).await,
-        _ => return Err(ApiError::NotFound("Not found.".into())),
+    if !matches!(action.as_str(), "start" | "stop" | "restart") {
+        return Err(ApiError::NotFound("Not found.".into()));
     }
-    .map_err(ApiError::Grpc)?
-    .into_inner();
-    tracing::info!(plugin = %status.plugin, action = %action, "plugin changed by an operator");
-    Ok(Json(plugin_json(&status)))
+    // On every host that has the plugin.
+    let mut changed = Vec::new();
+    let mut refused = None;
+    for (host, mut client) in hosts(&state).await? {
+        let reference = PluginRef {
+            plugin: plugin.clone(),
+        };
+        let answer = match action.as_str() {
+            "start" => client.start_plugin(reference).await,
+            "stop" => client.stop_plugin(reference).await,
+            _ => client.restart_plugin(reference).await,
+        };
+        match answer {
+            Ok(status) => {
+                let status = status.into_inner();
+                tracing::info!(plugin = %status.plugin, %host, action = %action, "plugin changed by an operator");
+                let mut json = plugin_json(&status);
+                json["host"] = json!(host);
+                changed.push(json);
+            }
+            Err(status) => refused = Some(status),
+        }
+    }
+    let Some(first) = changed.first().cloned() else {
+        return Err(ApiError::Grpc(refused.unwrap_or_else(|| {
+            tonic::Status::not_found(format!("no host has plugin {plugin}"))
+        })));
+    };
+    let mut answer = first;
+    answer["hosts"] = json!(changed);
+    Ok(Json(answer))
 }
 
 /// `GET /admin/tasks/?limit=N`: the newest tasks (default 20, at most 1000;

@@ -31,8 +31,11 @@ pub(crate) struct Readiness {
     status: &'static str,
     /// `ok`, or why the database cannot be used.
     database: String,
-    /// `ok`, or why the supervisor cannot be used.
+    /// `ok` when some plugin host's supervisor is followed, else why not.
     supervisor: String,
+    /// Every plugin host: its supervisor, whether it is followed or drained,
+    /// its ready plugins and this gateway's calls on it.
+    hosts: Vec<crate::directory::HostSummary>,
     /// Whether the gateway is shutting down (it takes no new task).
     shutting_down: bool,
     /// The gateway's lease id; empty while it has none (it lost its lease and
@@ -64,7 +67,8 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         Ok(Err(error)) => format!("unavailable: {error}"),
         Err(_) => format!("unavailable: no answer within {DATABASE_CHECK:?}"),
     };
-    let supervisor = if state.directory.snapshot().connected() {
+    let table = state.directory.snapshot();
+    let supervisor = if table.connected() {
         "ok".to_owned()
     } else {
         "unavailable: the plugin list is not followed".to_owned()
@@ -86,6 +90,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         status: if ready { "ready" } else { "unavailable" },
         database,
         supervisor,
+        hosts: table.hosts().to_vec(),
         shutting_down,
         lease,
         fan_out,
