@@ -20,6 +20,7 @@ use std::{
 use common::{
     Gate, PluginFolders,
     cluster::{ADOPTED_WITHIN, Cluster, RedisServer, on},
+    relay::{Relay, through},
     serve::{Corral, StreamEvent, open_stream, read_events, task_id},
     versioned_manifest,
 };
@@ -53,6 +54,12 @@ async fn cluster(gateways: usize) -> (Cluster, PluginFolders) {
 async fn hosts_and_gateways(hosts: usize, gateways: usize) -> (Cluster, PluginFolders) {
     let folders = folders();
     let cluster = Cluster::start_hosts(&[folders.path()], hosts, gateways).await;
+    settle(&cluster).await;
+    (cluster, folders)
+}
+
+/// Waits until every gateway has every plugin of every host ready.
+async fn settle(cluster: &Cluster) {
     for gateway in &cluster.gateways {
         wait_for_ready(gateway, |ready| {
             ready["hosts"]
@@ -62,7 +69,6 @@ async fn hosts_and_gateways(hosts: usize, gateways: usize) -> (Cluster, PluginFo
         .await;
     }
     cluster.wait_for_plugins(&[SAFE, UNSAFE, BULK]).await;
-    (cluster, folders)
 }
 
 /// A task's events as one follower saw them, each with when it arrived.
@@ -554,4 +560,71 @@ async fn a_drained_host_gets_no_new_task_and_finishes_its_own() {
     for task_url in &tasks {
         assert_eq!(status_on(gateway, task_url).await["status"], "SUCCESS");
     }
+}
+
+/// PostgreSQL away for ten seconds under two gateways with tasks running:
+/// requests are answered 503 within two seconds (no hang, no 500), the
+/// gateways come back by themselves, and every acknowledged task ends (the
+/// retry-safe ones succeed once, after their adoption).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_away_for_ten_seconds_loses_nothing() {
+    let (mut cluster, _folders) = hosts_and_gateways(1, 0).await;
+    let upstream = "127.0.0.1:5432".parse().unwrap();
+    let relay = Relay::start(upstream).await;
+    cluster.database_url = through(&cluster.database_url, relay.address);
+    cluster.add_gateway(&[]);
+    cluster.add_gateway(&[]);
+    settle(&cluster).await;
+    let gate = Gate::start().await;
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        let text = format!("task {round}");
+        for plugin in [SAFE, UNSAFE] {
+            let form = [("gate", gate.url.as_str()), ("text", &text), ("parts", "1")];
+            let gateway = &cluster.gateways[round % 2];
+            tasks.push((plugin, gateway.submit(plugin, &form).await));
+        }
+    }
+    for _ in &tasks {
+        gate.arrived().await;
+    }
+    relay.cut();
+    let cut = Instant::now();
+    let gateway = &cluster.gateways[1];
+    let started = Instant::now();
+    let (code, _, body) = gateway
+        .post_form(&format!("/plugins/{SAFE}/process/"), &[("text", "during")])
+        .await;
+    let refused_in = started.elapsed();
+    assert_eq!(code, 503, "{body}");
+    let started = Instant::now();
+    let (code, _) = gateway.get_json(&on(gateway, &tasks[0].1)).await;
+    let read_refused_in = started.elapsed();
+    assert_eq!(code, 503);
+    println!(
+        "PostgreSQL away: a submission answered 503 in {refused_in:.2?}, a read in {read_refused_in:.2?}"
+    );
+    assert!(refused_in < Duration::from_secs(2) && read_refused_in < Duration::from_secs(2));
+    // The outage lasts its ten seconds.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    relay.restore();
+    let restored = Instant::now();
+    for gateway in &cluster.gateways {
+        wait_for_ready(gateway, |ready| ready["status"] == "ready").await;
+    }
+    let recovery = restored.elapsed();
+    gate.open(tasks.len() * 4);
+    let mut tally = Tally {
+        accepted: tasks.len(),
+        ..Tally::default()
+    };
+    for (plugin, task_url) in &tasks {
+        let status = status_on(gateway, task_url).await;
+        tally.count(&status, 1);
+        if *plugin == SAFE {
+            assert_eq!(status["status"], "SUCCESS", "{status}");
+        }
+    }
+    tally.print("PostgreSQL away 10 s", recovery);
+    assert_eq!((tally.ended, tally.duplicated), (tally.accepted, 0));
 }

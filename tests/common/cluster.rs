@@ -82,6 +82,8 @@ pub struct Cluster {
     pub redis: RedisServer,
     pub hosts: Vec<Supervisor>,
     pub gateways: Vec<Corral>,
+    /// The database URL gateways started from now on get (e.g. through a relay).
+    pub database_url: String,
     /// The channel prefix of this test on Redis.
     prefix: String,
     data_dirs: Vec<tempfile::TempDir>,
@@ -102,6 +104,7 @@ impl Cluster {
             })
             .collect();
         let mut cluster = Self {
+            database_url: database.url.clone().unwrap(),
             database,
             redis: RedisServer::start(),
             hosts,
@@ -133,7 +136,7 @@ impl Cluster {
         command
             .args(["gateway", "--http", &format!("127.0.0.{}:0", index + 2)])
             .args(["--supervisor", &self.supervisor_urls()])
-            .args(["--database-url", self.database.url.as_deref().unwrap()])
+            .args(["--database-url", &self.database_url])
             .args([
                 "--redis-url",
                 &self.redis.url(),

@@ -17,6 +17,7 @@ use corral_proto::{
 };
 
 pub mod cluster;
+pub mod relay;
 pub mod serve;
 
 /// Runs an async test body `name(db)` once on SQLite and once on PostgreSQL.
