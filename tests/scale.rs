@@ -464,18 +464,7 @@ async fn a_host_killed_mid_load_loses_nothing() {
         .submit(UNSAFE, &[("step", "true"), ("text", "waited")])
         .await;
     cluster.gateways[0].wait_for_step(&waiting).await;
-    let mut tasks = Vec::new();
-    for round in 0..6 {
-        let text = format!("task {round}");
-        for plugin in [SAFE, UNSAFE] {
-            let form = [("gate", gate.url.as_str()), ("text", &text), ("parts", "1")];
-            let gateway = &cluster.gateways[round % 2];
-            tasks.push((plugin, gateway.submit(plugin, &form).await));
-        }
-    }
-    for _ in &tasks {
-        gate.arrived().await;
-    }
+    let tasks = gated_on_both(&cluster, &gate, 6).await;
     let mut on_killed = cluster.hosts[0].admin().await;
     let running_there = on_killed
         .drain(corral_proto::supervisor::v1::DrainRequest { draining: false })
@@ -519,6 +508,28 @@ async fn a_host_killed_mid_load_loses_nothing() {
         u32::try_from(failed).unwrap() + tally.success as u32,
         u32::try_from(tasks.len()).unwrap() + 1
     );
+}
+
+/// `rounds` tasks of each plugin, submitted to the first two gateways in
+/// turn, each waiting at the gate once this returns.
+async fn gated_on_both(
+    cluster: &Cluster,
+    gate: &Gate,
+    rounds: usize,
+) -> Vec<(&'static str, String)> {
+    let mut tasks = Vec::new();
+    for round in 0..rounds {
+        let text = format!("task {round}");
+        for plugin in [SAFE, UNSAFE] {
+            let form = [("gate", gate.url.as_str()), ("text", &text), ("parts", "1")];
+            let gateway = &cluster.gateways[round % 2];
+            tasks.push((plugin, gateway.submit(plugin, &form).await));
+        }
+    }
+    for _ in &tasks {
+        gate.arrived().await;
+    }
+    tasks
 }
 
 /// A drained host gets no new task; the task it was running finishes.
@@ -576,18 +587,7 @@ async fn postgres_away_for_ten_seconds_loses_nothing() {
     cluster.add_gateway(&[]);
     settle(&cluster).await;
     let gate = Gate::start().await;
-    let mut tasks = Vec::new();
-    for round in 0..4 {
-        let text = format!("task {round}");
-        for plugin in [SAFE, UNSAFE] {
-            let form = [("gate", gate.url.as_str()), ("text", &text), ("parts", "1")];
-            let gateway = &cluster.gateways[round % 2];
-            tasks.push((plugin, gateway.submit(plugin, &form).await));
-        }
-    }
-    for _ in &tasks {
-        gate.arrived().await;
-    }
+    let tasks = gated_on_both(&cluster, &gate, 4).await;
     relay.cut();
     let cut = Instant::now();
     let gateway = &cluster.gateways[1];
