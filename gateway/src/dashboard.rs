@@ -35,9 +35,15 @@ button { cursor: pointer; }
   <input id="token" type="password" autocomplete="off"></label>
 <div id="notice" role="status"></div>
 <h2>Plugins</h2>
-<table id="plugins"><thead><tr><th>Plugin</th><th>Version</th><th>State</th><th>PID</th>
+<table id="plugins"><thead><tr><th>Plugin</th><th>Host</th><th>Version</th><th>State</th><th>PID</th>
 <th>Restarts</th><th>Last exit</th><th title="tasks waiting for a step">Waiting</th>
 <th title="tasks whose call runs">Running</th><th></th></tr></thead><tbody></tbody></table>
+<h2>Hosts</h2>
+<table id="hosts"><thead><tr><th>Supervisor</th><th>State</th><th>Ready plugins</th>
+<th title="this gateway's calls running there">In flight</th></tr></thead><tbody></tbody></table>
+<h2>Gateways</h2>
+<table id="gateways"><thead><tr><th>Lease</th><th>Address</th><th>State</th>
+<th title="running tasks it owns">Running</th><th>Started</th></tr></thead><tbody></tbody></table>
 <h2>Recent tasks</h2>
 <table id="tasks"><thead><tr><th>Task</th><th>Plugin</th><th>Status</th><th>Created</th></tr></thead>
 <tbody></tbody></table>
@@ -68,18 +74,20 @@ async function fetchJson(url, options) {
   return body;
 }
 
-// Rows are updated in place (keyed by plugin), so a button keeps working while
-// the page refreshes under the pointer.
+// Rows are updated in place (keyed by plugin and host), so a button keeps
+// working while the page refreshes under the pointer.
 function showPlugins(plugins) {
   const body = document.querySelector("#plugins tbody");
   const seen = new Set();
   for (const plugin of plugins) {
-    seen.add(plugin.plugin);
-    let row = body.querySelector('tr[data-plugin="' + CSS.escape(plugin.plugin) + '"]');
+    const host = plugin.host || "";
+    seen.add(host + "\n" + plugin.plugin);
+    let row = body.querySelector('tr[data-plugin="' + CSS.escape(plugin.plugin) + '"][data-host="' + CSS.escape(host) + '"]');
     if (!row) {
       row = document.createElement("tr");
       row.dataset.plugin = plugin.plugin;
-      for (const name of ["name", "version", "state", "pid", "restarts", "exit", "waiting", "running"]) { cell(row, "", name); }
+      row.dataset.host = host;
+      for (const name of ["name", "host", "version", "state", "pid", "restarts", "exit", "waiting", "running"]) { cell(row, "", name); }
       const action = cell(row, "");
       const button = document.createElement("button");
       button.textContent = "Restart";
@@ -90,6 +98,7 @@ function showPlugins(plugins) {
     }
     const set = (name, text) => { row.querySelector("td." + name).textContent = text; };
     set("name", plugin.plugin);
+    set("host", host);
     set("version", plugin.version || "-");
     set("state", plugin.state);
     row.querySelector("td.state").className = "state state-" + plugin.state;
@@ -100,8 +109,34 @@ function showPlugins(plugins) {
     set("running", String(plugin.runningTasks || 0));
   }
   for (const row of Array.from(body.rows)) {
-    if (!seen.has(row.dataset.plugin)) { row.remove(); }
+    if (!seen.has(row.dataset.host + "\n" + row.dataset.plugin)) { row.remove(); }
   }
+}
+
+function showRows(selector, rows) {
+  const body = document.querySelector(selector + " tbody");
+  body.replaceChildren();
+  for (const cells of rows) {
+    const row = document.createElement("tr");
+    for (const [text, className] of cells) { cell(row, text, className); }
+    body.appendChild(row);
+  }
+}
+
+function showHosts(hosts) {
+  showRows("#hosts", (hosts || []).map((host) => {
+    const state = !host.connected ? "unreachable" : host.draining ? "draining" : "up";
+    const style = state === "up" ? "state-ready" : state === "draining" ? "state-stopping" : "state-failed";
+    return [[host.url], [state, style], [String(host.ready)], [String(host.inFlight)]];
+  }));
+}
+
+function showGateways(gateways) {
+  showRows("#gateways", (gateways || []).map((gateway) => {
+    const live = gateway.live === 1;
+    return [[gateway.id], [gateway.url], [live ? "live" : "expired", live ? "state-ready" : "state-failed"],
+      [String(gateway.running)], [new Date(gateway.startedAt).toLocaleString()]];
+  }));
 }
 
 function showTasks(tasks) {
@@ -147,6 +182,8 @@ async function refresh() {
       ? await fetchJson("../admin/tasks/?limit=20")
       : { tasks: [] };
     showPlugins(plugins.plugins);
+    showHosts(plugins.hosts);
+    showGateways(plugins.gateways);
     showTasks(tasks.tasks);
     document.body.dataset.loaded = "true";
     if (notice.textContent.startsWith("Could not load")) { notice.textContent = ""; }
