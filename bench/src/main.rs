@@ -59,6 +59,7 @@ enum Section {
     Python,
     Streaming,
     Growth,
+    Scale,
 }
 
 /// How much each section does.
@@ -80,6 +81,8 @@ pub struct Sizes {
     pub plugin_counts: Vec<usize>,
     pub stored_tasks: Vec<u64>,
     pub status_samples: u64,
+    /// Tasks per round of each gateways × hosts shape.
+    pub scale_tasks: usize,
 }
 
 impl Sizes {
@@ -100,6 +103,7 @@ impl Sizes {
             plugin_counts: vec![1, 10, 100],
             stored_tasks: vec![10_000, 1_000_000],
             status_samples: 1000,
+            scale_tasks: 3000,
         }
     }
 
@@ -120,6 +124,7 @@ impl Sizes {
             plugin_counts: vec![1, 3],
             stored_tasks: vec![1000, 2000],
             status_samples: 50,
+            scale_tasks: 50,
         }
     }
 }
@@ -178,11 +183,102 @@ async fn run(args: &Args) -> Result<()> {
     if wanted(Section::Growth) {
         growth(args, &sizes, &mut report).await.context("growth")?;
     }
+    if wanted(Section::Scale) {
+        scale(args, &sizes, &mut report)
+            .await
+            .context("several gateways and hosts")?;
+    }
     report.postgres_version = report::postgres_version(&args.postgres).await;
     let markdown = report.render();
     std::fs::write(&args.out, markdown)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("corral-bench: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// hello-world end to end at the highest concurrency over 1, 2 and 3 gateways
+/// and 1 and 2 plugin hosts on one PostgreSQL database and Redis (the
+/// machine's, with a prefix of the run's own): tasks per second, and the CPU
+/// the gateways and the hosts (supervisors and plugins) spent per task.
+async fn scale(args: &Args, sizes: &Sizes, report: &mut Report) -> Result<()> {
+    let concurrency = *sizes.concurrencies.last().unwrap_or(&1);
+    let prefix = format!("bench-{:016x}", rand::random::<u64>());
+    for (gateways, hosts) in [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)] {
+        progress(&format!("scale: {gateways} gateways, {hosts} hosts"));
+        let folders = PluginFolders::new()?;
+        folders.add(
+            "hello-world",
+            &binary_manifest("corral-plugin-hello-world", &[])?,
+        )?;
+        let supervisors = (0..hosts)
+            .map(|_| Supervisor::start(folders.path()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut plugin_pids = Vec::new();
+        for supervisor in &supervisors {
+            plugin_pids.extend(
+                supervisor
+                    .all_ready(1)
+                    .await?
+                    .iter()
+                    .map(|plugin| plugin.pid),
+            );
+        }
+        let database = Database::create(&args.postgres).await?;
+        let extra = [
+            "--redis-url".to_owned(),
+            "redis://127.0.0.1:6379/".to_owned(),
+            "--redis-prefix".to_owned(),
+            prefix.clone(),
+        ];
+        let on: Vec<&Supervisor> = supervisors.iter().collect();
+        let mut started = Vec::new();
+        for _ in 0..gateways {
+            started.push(Gateway::start_over(&on, 1, Some(&database.url), &extra).await?);
+        }
+        let addrs: Vec<_> = started.iter().map(|gateway| gateway.addr).collect();
+        let cpu = || -> Result<(Duration, Duration)> {
+            let mut gateway_cpu = Duration::ZERO;
+            for gateway in &started {
+                gateway_cpu += gateway.process.cpu()?;
+            }
+            let mut host_cpu = Duration::ZERO;
+            for supervisor in &supervisors {
+                host_cpu += supervisor.process.cpu()?;
+            }
+            for pid in &plugin_pids {
+                host_cpu += procs::cpu_of(*pid)?;
+            }
+            Ok((gateway_cpu, host_cpu))
+        };
+        let mut row = report::ScaleRow {
+            gateways,
+            hosts,
+            ..report::ScaleRow::default()
+        };
+        for _ in 0..sizes.rounds {
+            let before = cpu()?;
+            let mut run = tasks::end_to_end_across(
+                &addrs,
+                tasks::HELLO_PROCESS,
+                Client::Events,
+                sizes.scale_tasks,
+                concurrency,
+            )
+            .await?;
+            let after = cpu()?;
+            let per_task = |spent: Duration| spent.as_secs_f64() * 1e3 / sizes.scale_tasks as f64;
+            row.per_second.push(run.per_second);
+            row.p50.push(run.latencies.p50().as_secs_f64() * 1e3);
+            row.p99.push(run.latencies.p99().as_secs_f64() * 1e3);
+            row.gateway_cpu_ms
+                .push(per_task(after.0.saturating_sub(before.0)));
+            row.host_cpu_ms
+                .push(per_task(after.1.saturating_sub(before.1)));
+        }
+        report.scale.push(row);
+        drop(started);
+        database.drop_now().await?;
+    }
     Ok(())
 }
 

@@ -177,7 +177,14 @@ impl Process {
 
     /// CPU time (user and system) used so far.
     pub fn cpu(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        cpu_of(self.pid())
+    }
+}
+
+/// CPU time (user and system) a process used so far.
+pub fn cpu_of(pid: u32) -> Result<Duration> {
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map(|(_, rest)| rest.split_whitespace().collect())
@@ -186,7 +193,7 @@ impl Process {
             fields
                 .get(index)
                 .and_then(|field| field.parse().ok())
-                .ok_or_else(|| anyhow!("unreadable /proc/{}/stat", self.pid()))
+                .ok_or_else(|| anyhow!("unreadable /proc/{pid}/stat"))
         };
         let total = ticks(11)? + ticks(12)?;
         // USER_HZ: 100 on every Linux this runs on.
@@ -304,16 +311,31 @@ impl Gateway {
         plugins: usize,
         database_url: Option<&str>,
     ) -> Result<Self> {
+        Self::start_over(&[supervisor], plugins, database_url, &[]).await
+    }
+
+    /// The same over several plugin hosts, with `extra` flags.
+    pub async fn start_over(
+        supervisors: &[&Supervisor],
+        plugins: usize,
+        database_url: Option<&str>,
+        extra: &[String],
+    ) -> Result<Self> {
         let data = tempfile::tempdir()?;
+        let urls: Vec<String> = supervisors
+            .iter()
+            .map(|supervisor| supervisor.url())
+            .collect();
         let mut args = vec![
             "gateway".into(),
             "--http".into(),
             "127.0.0.1:0".into(),
             "--supervisor".into(),
-            supervisor.url(),
+            urls.join(","),
             "--data-dir".into(),
             data.path().display().to_string(),
         ];
+        args.extend(extra.iter().cloned());
         if let Some(url) = database_url {
             args.extend(["--database-url".into(), url.to_owned()]);
         }

@@ -83,6 +83,20 @@ pub struct Growth {
     pub status: Vec<StatusAt>,
 }
 
+/// One shape of the scale-out run: gateways × plugin hosts.
+#[derive(Default)]
+pub struct ScaleRow {
+    pub gateways: usize,
+    pub hosts: usize,
+    pub per_second: Spread,
+    pub p50: Spread,
+    pub p99: Spread,
+    /// CPU milliseconds per task spent by the gateways.
+    pub gateway_cpu_ms: Spread,
+    /// CPU milliseconds per task spent by the hosts (supervisors and plugins).
+    pub host_cpu_ms: Spread,
+}
+
 pub struct Report {
     sizes: Sizes,
     smoke: bool,
@@ -94,6 +108,7 @@ pub struct Report {
     pub python: Vec<PythonRow>,
     pub streaming: Option<Streaming>,
     pub growth: Option<Growth>,
+    pub scale: Vec<ScaleRow>,
 }
 
 /// The server's version, or why it is unknown.
@@ -167,6 +182,7 @@ impl Report {
             python: Vec::new(),
             streaming: None,
             growth: None,
+            scale: Vec::new(),
         }
     }
 
@@ -203,6 +219,7 @@ impl Report {
         self.streaming_section(&mut out);
         self.growth_section(&mut out);
         self.python_section(&mut out);
+        self.scale_section(&mut out);
         out.push_str(include_str!("../analysis.md"));
         out
     }
@@ -425,6 +442,45 @@ impl Report {
             }),
             "—",
         );
+        out.push('\n');
+    }
+
+    fn scale_section(&self, out: &mut String) {
+        if self.scale.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "## 8. Several gateways and plugin hosts
+"
+        );
+        let _ = writeln!(
+            out,
+            "hello-world end to end (event stream) at concurrency {}, {} tasks per round, the \
+             workers spread over the gateways in turn; PostgreSQL, Redis for the events; with \
+             two hosts every call goes through a host's supervisor (the plugin proxy). Every \
+             process shares this machine's cores, so more processes cannot mean more tasks per \
+             second here: the CPU per task shows what each shape costs.\n",
+            self.parallel(),
+            self.sizes.scale_tasks
+        );
+        table_head(
+            out,
+            "| gateways | hosts | tasks/s | p50 ms | p99 ms | gateway CPU ms/task | host CPU ms/task |",
+        );
+        for row in &self.scale {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.gateways,
+                row.hosts,
+                row.per_second.show(0),
+                row.p50.show(2),
+                row.p99.show(2),
+                row.gateway_cpu_ms.show(3),
+                row.host_cpu_ms.show(3)
+            );
+        }
         out.push('\n');
     }
 

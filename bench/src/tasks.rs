@@ -108,9 +108,21 @@ pub async fn end_to_end(
     n: usize,
     concurrency: usize,
 ) -> Result<Run> {
-    let open = move || Conn::open(addr);
+    end_to_end_across(&[addr], process, client, n, concurrency).await
+}
+
+/// The same with the workers spread over several gateways in turn.
+pub async fn end_to_end_across(
+    addrs: &[SocketAddr],
+    process: &'static str,
+    client: Client,
+    n: usize,
+    concurrency: usize,
+) -> Result<Run> {
+    let (addrs, turn) = (addrs.to_vec(), Arc::new(AtomicUsize::new(0)));
+    let open = move || Conn::open(addrs[turn.fetch_add(1, Ordering::Relaxed) % addrs.len()]);
     let job = move |conn, index| one_task(conn, process, client, index);
-    drive(WARM_UP.min(n), concurrency, open, job).await?;
+    drive(WARM_UP.min(n), concurrency, open.clone(), job).await?;
     drive(n, concurrency, open, job).await
 }
 
