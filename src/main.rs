@@ -40,7 +40,7 @@ enum Command {
     /// (SQLite and output files in --data-dir).
     Serve(ServeArgs),
     /// Spawn and supervise the plugins; serve the registry and admin gRPC APIs.
-    Supervisor(SupervisorArgs),
+    Supervisor(SupervisorCommandArgs),
     /// Serve the QHAna plugin REST API over the plugins of a supervisor.
     Gateway(GatewayArgs),
     /// Operate a running Corral: plugins, their logs, tasks.
@@ -232,6 +232,12 @@ struct GatewayOptions {
     /// may share one Redis).
     #[arg(long, env = "CORRAL_REDIS_PREFIX", default_value = "corral")]
     redis_prefix: String,
+    /// The base URL plugins read uploaded input files from, e.g.
+    /// `http://gateway-1:5005`: needed when plugins run on another machine or
+    /// container (default: this gateway's own address, on loopback when it
+    /// listens on every interface).
+    #[arg(long, env = "CORRAL_INTERNAL_URL")]
+    internal_url: Option<String>,
 }
 
 impl GatewayOptions {
@@ -283,6 +289,14 @@ impl GatewayOptions {
         config.sweep_every = self.sweep_every;
         config.redis_url = self.redis_url.clone();
         config.redis_prefix = self.redis_prefix.clone();
+        if let Some(url) = &self.internal_url {
+            let valid = reqwest::Url::parse(url)
+                .is_ok_and(|parsed| matches!(parsed.scheme(), "http" | "https"));
+            if !valid {
+                anyhow::bail!("--internal-url must be an http:// or https:// URL, not `{url}`");
+            }
+        }
+        config.internal_url = self.internal_url.clone();
         config.lease = corral_gateway::LeaseSettings {
             ttl: self.lease_ttl,
             renew_every: self.lease_renew,
@@ -307,6 +321,24 @@ impl GatewayOptions {
         )?;
         Ok(config)
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct SupervisorCommandArgs {
+    #[command(flatten)]
+    supervisor: SupervisorArgs,
+    /// Redis (`redis://host:6379/0`) to announce this plugin host in: gateways
+    /// on the same Redis and prefix follow it without being given its URL.
+    #[arg(long, env = "CORRAL_REDIS_URL")]
+    redis_url: Option<String>,
+    /// The prefix of this deployment's Redis keys (the gateways' --redis-prefix).
+    #[arg(long, env = "CORRAL_REDIS_PREFIX", default_value = "corral")]
+    redis_prefix: String,
+    /// The URL gateways reach this supervisor by, as announced in Redis
+    /// (default: http:// and the bound --grpc address, unless that is every
+    /// interface).
+    #[arg(long, env = "CORRAL_ADVERTISE_URL")]
+    advertise_url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -617,16 +649,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served.and(supervised)
 }
 
-async fn supervisor(args: SupervisorArgs) -> anyhow::Result<()> {
-    let config = args.config(std::path::Path::new(DEFAULT_DATA_DIR))?;
+async fn supervisor(args: SupervisorCommandArgs) -> anyhow::Result<()> {
+    let config = args
+        .supervisor
+        .config(std::path::Path::new(DEFAULT_DATA_DIR))?;
     let running = RunningSupervisor::start(&config)
         .await
         .context("failed to start the supervisor")?;
-    println!(
-        "corral supervisor: gRPC listening on {}",
-        running.local_addr()
-    );
+    let bound = running.local_addr();
+    println!("corral supervisor: gRPC listening on {bound}");
     let shutdown = Shutdown::default();
+    if let Some(redis_url) = args.redis_url {
+        let url = match args.advertise_url {
+            Some(url) => url,
+            None if bound.ip().is_unspecified() => anyhow::bail!(
+                "--advertise-url is needed to announce a supervisor listening on every \
+                 interface ({bound})"
+            ),
+            None => format!("http://{bound}"),
+        };
+        tracing::info!(%url, "announcing this plugin host in Redis");
+        let stop = shutdown.graceful.clone();
+        tokio::spawn(async move {
+            corral_gateway::presence::announce(&redis_url, &args.redis_prefix, &url, stop).await;
+        });
+    }
     tokio::spawn(forward_signals(shutdown.clone()));
     running
         .serve(shutdown)

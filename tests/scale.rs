@@ -628,3 +628,187 @@ async fn postgres_away_for_ten_seconds_loses_nothing() {
     tally.print("PostgreSQL away 10 s", recovery);
     assert_eq!((tally.ended, tally.duplicated), (tally.accepted, 0));
 }
+
+/// Notices of tasks run by three gateways are delivered once each: a
+/// subscriber's notices are claimed by one gateway at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_notices_from_three_gateways_arrive_once_each() {
+    let (cluster, _folders) = cluster(3).await;
+    let received: std::sync::Arc<Mutex<Vec<(String, String)>>> = std::sync::Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push((
+                        query.get("source").cloned().unwrap_or_default(),
+                        query.get("event").cloned().unwrap_or_default(),
+                    ));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let gate = Gate::start().await;
+    let mut tasks = Vec::new();
+    for (index, gateway) in cluster.gateways.iter().enumerate() {
+        for round in 0..3 {
+            let text = format!("notice {index}.{round}");
+            let task_url = gateway
+                .submit(SAFE, &[("gate", &gate.url), ("text", &text)])
+                .await;
+            // Subscribed through another gateway than the one running it.
+            let other = &cluster.gateways[(index + 1) % 3];
+            let response = other
+                .client
+                .post(on(other, &task_url))
+                .json(&serde_json::json!({"command": "subscribe", "webhookHref": hook}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            tasks.push(task_url);
+        }
+    }
+    for _ in &tasks {
+        gate.arrived().await;
+    }
+    gate.open(tasks.len());
+    for task_url in &tasks {
+        status_on(&cluster.gateways[0], task_url).await;
+    }
+    // Every notice is delivered once the outbox is empty.
+    let mut connection = cluster.database.connect().await;
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let left: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT COUNT(*) AS n FROM notices")
+                .fetch_one(&mut connection)
+                .await
+                .unwrap(),
+            "n",
+        );
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} notices not delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = received.lock().unwrap().clone();
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (source, event) in received {
+        let id = task_id(&source);
+        *counts.entry((id, event)).or_default() += 1;
+    }
+    for task_url in &tasks {
+        for event in ["status", "details"] {
+            assert_eq!(
+                counts.get(&(task_id(task_url), event.to_owned())),
+                Some(&1),
+                "{event} notices of {task_url}: {counts:?}"
+            );
+        }
+    }
+}
+
+/// The plugin proxy answers only callers with the admin token, for a plugin
+/// named in the `corral-plugin` header that is ready on its host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_proxy_refuses_callers_without_the_token() {
+    use corral_proto::plugin::v1::{GetMetadataRequest, plugin_client::PluginClient};
+    let folders = folders();
+    let supervisor = common::Supervisor::start(&[folders.path()]);
+    supervisor.ready("safe").await;
+    let channel = tonic::transport::Endpoint::from_shared(supervisor.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let call = |token: Option<&str>, plugin: Option<&str>| {
+        let mut request = tonic::Request::new(GetMetadataRequest {});
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        if let Some(plugin) = plugin {
+            request
+                .metadata_mut()
+                .insert("corral-plugin", plugin.parse().unwrap());
+        }
+        let mut client = PluginClient::new(channel.clone());
+        async move { client.get_metadata(request).await }
+    };
+    let refused = call(None, Some("safe")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused = call(Some("not-the-token"), Some("safe")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let unnamed = call(Some(common::ADMIN_TOKEN), None).await.unwrap_err();
+    assert_eq!(unnamed.code(), tonic::Code::InvalidArgument, "{unnamed:?}");
+    let unknown = call(Some(common::ADMIN_TOKEN), Some("nothing-here"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unavailable, "{unknown:?}");
+    let metadata = call(Some(common::ADMIN_TOKEN), Some("safe"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (metadata.name.as_str(), metadata.version.as_str()),
+        ("safe", "v1.0.0")
+    );
+}
+
+/// A plugin host that announces itself in Redis is followed by the gateways on
+/// the same Redis and prefix without being in their list, and takes tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_announced_in_redis_is_followed() {
+    let (cluster, folders) = hosts_and_gateways(1, 1).await;
+    let gateway = &cluster.gateways[0];
+    let redis = cluster.redis.url();
+    let announced = common::Supervisor::start_at(
+        "127.0.0.11:0",
+        &[folders.path()],
+        &[],
+        &["--redis-url", &redis, "--redis-prefix", cluster.prefix()],
+    );
+    wait_for_ready(gateway, |ready| {
+        ready["hosts"].as_array().is_some_and(|hosts| {
+            hosts.len() == 2 && hosts[1]["url"] == announced.url() && hosts[1]["ready"] == 3
+        })
+    })
+    .await;
+    // With the listed host drained, a task goes to the announced one.
+    let drain = |supervisor: &common::Supervisor, draining: bool| {
+        let supervisor = supervisor.url();
+        async move {
+            common::admin_client(&supervisor)
+                .await
+                .drain(corral_proto::supervisor::v1::DrainRequest { draining })
+                .await
+                .unwrap()
+                .into_inner()
+                .in_flight
+        }
+    };
+    drain(&cluster.hosts[0], true).await;
+    wait_for_ready(gateway, |ready| ready["hosts"][0]["draining"] == true).await;
+    let gate = Gate::start().await;
+    let task_url = gateway
+        .submit(SAFE, &[("gate", &gate.url), ("text", "announced")])
+        .await;
+    gate.arrived().await;
+    assert_eq!(
+        drain(&announced, false).await,
+        1,
+        "the task runs on the announced host"
+    );
+    gate.open(1);
+    assert_eq!(status_on(gateway, &task_url).await["status"], "SUCCESS");
+}

@@ -208,10 +208,17 @@ async fn invoke_once(
 /// with its log line and its output (12 bytes, in the file's row) at once.
 pub async fn store_floor(database_url: &str, n: usize, concurrency: usize) -> Result<Run> {
     let store = Store::connect(database_url).await?;
-    // A lease that outlasts the run, as a gateway's would be renewed.
+    // A lease that outlasts the run, as a gateway's would be renewed; each
+    // round's ends the one before (the same place), as a restart's does.
     let owner = random_id();
     store
-        .begin_lease(&owner, &owner, "http://127.0.0.1", 24 * 3600 * 1000)
+        .begin_lease(
+            &owner,
+            "corral-bench",
+            "http://127.0.0.1",
+            24 * 3600 * 1000,
+            true,
+        )
         .await?;
     let fence = Fence {
         owner: owner.into(),

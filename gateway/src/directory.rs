@@ -343,6 +343,8 @@ impl SupervisorLink {
 #[derive(Debug, Clone)]
 pub struct Directory {
     table: watch::Receiver<Arc<PluginTable>>,
+    /// Hosts found later (announced in Redis), to follow too.
+    more_hosts: mpsc::UnboundedSender<SupervisorLink>,
 }
 
 impl Directory {
@@ -355,38 +357,54 @@ impl Directory {
             ..PluginTable::default()
         }));
         let (views, mut updates) = mpsc::channel::<Arc<HostView>>(64);
-        let mut current: Vec<Arc<HostView>> = hosts
-            .iter()
-            .enumerate()
-            .map(|(index, link)| {
-                Arc::new(HostView {
-                    index,
-                    summary: HostSummary {
-                        url: link.url.as_str().into(),
-                        ..HostSummary::default()
-                    },
-                    may_learn_more: true,
-                    ..HostView::default()
-                })
-            })
-            .collect();
-        for (index, link) in hosts.into_iter().enumerate() {
+        let (more_hosts, mut found) = mpsc::unbounded_channel::<SupervisorLink>();
+        let mut current: Vec<Arc<HostView>> = Vec::new();
+        let follow = move |current: &mut Vec<Arc<HostView>>, link: SupervisorLink, proxied| {
+            if current.iter().any(|view| *view.summary.url == *link.url) {
+                return;
+            }
+            let index = current.len();
+            current.push(Arc::new(HostView {
+                index,
+                summary: HostSummary {
+                    url: link.url.as_str().into(),
+                    ..HostSummary::default()
+                },
+                may_learn_more: true,
+                ..HostView::default()
+            }));
             let follower = HostFollower::new(index, link, proxied);
             tokio::spawn(follower.run(views.clone(), stop.clone()));
+        };
+        for link in hosts {
+            follow(&mut current, link, proxied);
         }
         tokio::spawn(async move {
-            while let Some(view) = updates.recv().await {
-                let index = view.index;
-                current[index] = view;
-                // Several updates at once make one table.
-                while let Ok(view) = updates.try_recv() {
-                    let index = view.index;
-                    current[index] = view;
+            loop {
+                tokio::select! {
+                    view = updates.recv() => {
+                        let Some(view) = view else { return };
+                        let index = view.index;
+                        current[index] = view;
+                        // Several updates at once make one table.
+                        while let Ok(view) = updates.try_recv() {
+                            let index = view.index;
+                            current[index] = view;
+                        }
+                    }
+                    // A host found later is always reached through its proxy.
+                    Some(link) = found.recv() => follow(&mut current, link, true),
                 }
                 sender.send_replace(Arc::new(PluginTable::merge(&current)));
             }
         });
-        Self { table }
+        Self { table, more_hosts }
+    }
+
+    /// Follows one more host (announced in Redis); one already followed is
+    /// left as it is.
+    pub fn add_host(&self, link: SupervisorLink) {
+        let _stopped_is_fine = self.more_hosts.send(link);
     }
 
     /// The current table.

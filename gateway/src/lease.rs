@@ -91,7 +91,7 @@ impl Lease {
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
         let sent = Instant::now();
-        let holder = begin(&store, &place, &url, settings).await?;
+        let holder = begin(&store, &place, &url, settings, true).await?;
         tracing::info!(lease = %holder.id, "gateway lease taken");
         let (sender, current) = watch::channel(Some(holder.clone()));
         let keeper = Keeper {
@@ -116,10 +116,11 @@ async fn begin(
     place: &str,
     url: &str,
     settings: LeaseSettings,
+    starting: bool,
 ) -> Result<Holder, StoreError> {
     let id: Arc<str> = crate::ids::random_id().into();
     store
-        .begin_lease(&id, place, url, settings.ttl_millis())
+        .begin_lease(&id, place, url, settings.ttl_millis(), starting)
         .await?;
     Ok(Holder {
         id,
@@ -193,7 +194,7 @@ impl Keeper {
             let sent = Instant::now();
             let attempt = tokio::time::timeout(
                 self.settings.ttl,
-                begin(&self.store, &self.place, &self.url, self.settings),
+                begin(&self.store, &self.place, &self.url, self.settings, false),
             );
             match attempt.await {
                 Ok(Ok(holder)) => return Some((holder, sent)),

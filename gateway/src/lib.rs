@@ -19,6 +19,7 @@ mod lease;
 mod live;
 mod metrics;
 pub mod openapi;
+pub mod presence;
 mod routes;
 mod runner;
 mod server;
@@ -152,6 +153,16 @@ impl RunningGateway {
         let proxied =
             supervisors.len() > 1 || !supervisors.iter().all(|link| is_loopback_url(&link.url));
         let directory = Directory::follow(supervisors.clone(), proxied, shutdown.clone());
+        if let Some(url) = &config.redis_url {
+            let client = redis::Client::open(url.as_str()).map_err(GatewayError::Redis)?;
+            tokio::spawn(presence::discover(
+                client,
+                config.redis_prefix.clone(),
+                directory.clone(),
+                token.clone(),
+                shutdown.clone(),
+            ));
+        }
         let live = LiveEvents::default();
         if let Some(url) = &config.redis_url {
             let fanout =
@@ -177,7 +188,10 @@ impl RunningGateway {
             public_host: local_addr.to_string(),
             title: config.title.clone(),
             max_body_bytes: config.max_body_bytes,
-            internal_url: format!("http://{}", loopback(local_addr)),
+            internal_url: config.internal_url.clone().map_or_else(
+                || format!("http://{}", loopback(local_addr)),
+                |url| url.trim_end_matches('/').to_owned(),
+            ),
             supervisors,
         };
         let state = AppState {

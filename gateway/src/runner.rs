@@ -238,9 +238,11 @@ impl Runner {
             runner.metrics.task_started();
             let (task_id, base, claim) = (job.task_id.clone(), job.base.clone(), job.claim.clone());
             if let Err(error) = runner.run(job, &cancel).await {
-                tracing::error!(task = %task_id, %error, "task runner failed");
                 // A lost lease's task is another gateway's to end.
-                if !claim.lost.is_cancelled() {
+                if claim.lost.is_cancelled() {
+                    tracing::info!(task = %task_id, %error, "stopped: the gateway lost its lease");
+                } else {
+                    tracing::error!(task = %task_id, %error, "task runner failed");
                     let reason = "the gateway could not record the task's progress";
                     let mut claim = claim;
                     claim.fence.attempt = -1;

@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     pub redis_url: Option<String>,
     /// The prefix of this deployment's Redis keys and channels.
     pub redis_prefix: String,
+    /// The base URL plugins read uploaded input files from; `None`: the
+    /// gateway's own bound address (on loopback when bound to every interface).
+    pub internal_url: Option<String>,
 }
 
 /// Where output files and uploads are kept.
@@ -81,6 +84,7 @@ impl GatewayConfig {
             sweep_every: std::time::Duration::from_secs(10 * 60),
             redis_url: None,
             redis_prefix: "corral".into(),
+            internal_url: None,
         }
     }
 }

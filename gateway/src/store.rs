@@ -292,6 +292,9 @@ struct Statements {
     wait: String,
     end: String,
     begin_attempt: String,
+    /// Whether anything is to adopt: a read, so the look every second takes
+    /// no write lock when nothing is (SQLite has one writer).
+    orphans: String,
     adopt: String,
 }
 
@@ -333,6 +336,13 @@ impl Statements {
                  WHERE id = $1 AND status = 'PENDING' AND {} \
                  RETURNING attempts, state, state_outputs",
                 fence.replace("$13", "$3").replace("$14", "$4")
+            ),
+            orphans: format!(
+                "SELECT 1 AS found FROM tasks t WHERE t.status = 'PENDING' \
+                 AND (t.owner IS NULL OR NOT EXISTS \
+                   (SELECT 1 FROM gateways g WHERE g.id = t.owner AND g.expires_at > {now})) \
+                 AND NOT EXISTS (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0) \
+                 LIMIT 1"
             ),
             // The running calls of gateways whose lease expired (or of none),
             // oldest first, taken by a live lease in one statement.
@@ -653,25 +663,32 @@ impl Store {
         })
     }
 
-    /// Takes a lease for a gateway starting at `place` (host and data
-    /// directory), reached at `url`, for `ttl` milliseconds: ends the lease of
-    /// an earlier start at the same place (its calls are adopted at once), and
-    /// on SQLite refuses when another gateway's lease is live.
+    /// Takes a lease for a gateway at `place` (host and data directory),
+    /// reached at `url`, for `ttl` milliseconds. At a start (`starting`) it
+    /// ends the lease of an earlier start at the same place, whose calls are
+    /// then adopted at once; a gateway joining again after losing its lease
+    /// leaves the others alone. On SQLite it refuses when another gateway's
+    /// lease is live.
     pub async fn begin_lease(
         &self,
         id: &str,
         place: &str,
         url: &str,
         ttl: i64,
+        starting: bool,
     ) -> Result<(), StoreError> {
         let now = self.sql.now;
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE gateways SET expires_at = {now} WHERE place = $1 AND expires_at > {now}"
-        )))
-        .bind(place)
-        .execute(&mut *transaction)
-        .await?;
+        // On SQLite this first write also takes the database's write lock, so
+        // two gateways starting at once cannot both see none live.
+        if starting {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE gateways SET expires_at = {now} WHERE place = $1 AND expires_at > {now}"
+            )))
+            .bind(place)
+            .execute(&mut *transaction)
+            .await?;
+        }
         if !self.postgres {
             let other = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT url FROM gateways WHERE expires_at > {now} LIMIT 1"
@@ -1123,6 +1140,12 @@ impl Store {
     /// another gateway adopting at the same time skips. Returns what each call
     /// needs to run again (its `attempts` is the fence of the next run).
     pub async fn adopt(&self, owner: &str, limit: i64) -> Result<Vec<CallRecord>, StoreError> {
+        let any = sqlx::query(sqlx::AssertSqlSafe(&*self.sql.orphans))
+            .fetch_optional(&self.pool)
+            .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(sqlx::AssertSqlSafe(&*self.sql.adopt))
             .bind(owner)
             .bind(now_millis())

@@ -150,6 +150,11 @@ impl Cluster {
         command
     }
 
+    /// The test's prefix on Redis.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Every host's supervisor URL, comma-separated.
     pub fn supervisor_urls(&self) -> String {
         let urls: Vec<String> = self.hosts.iter().map(Supervisor::url).collect();
