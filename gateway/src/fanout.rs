@@ -10,7 +10,6 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use redis::AsyncCommands;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +18,8 @@ use crate::live::{LiveEvent, LiveEvents};
 /// Batches waiting to be published; past this, batches are dropped (the
 /// followers elsewhere notice the gap and read the database).
 const OUTGOING: usize = 4096;
+/// The most batches published in one round trip.
+const PIPELINE: usize = 64;
 /// How often the subscription is pinged: a link that died without a word is
 /// noticed within about twice this.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -111,14 +112,16 @@ async fn publish(
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
     let mut connection = None;
+    let mut payloads = Vec::with_capacity(PIPELINE);
     loop {
-        let payload = tokio::select! {
-            payload = queued.recv() => match payload {
-                Some(payload) => payload,
-                None => return,
-            },
+        // What queued up meanwhile goes in one round trip.
+        let received = tokio::select! {
+            received = queued.recv_many(&mut payloads, PIPELINE) => received,
             () = shutdown.cancelled() => return,
         };
+        if received == 0 {
+            return;
+        }
         if connection.is_none() {
             match client
                 .get_connection_manager_with_config(config.clone())
@@ -126,15 +129,20 @@ async fn publish(
             {
                 Ok(manager) => connection = Some(manager),
                 Err(error) => {
-                    tracing::debug!(%error, "Redis unreachable; a batch of events not fanned out");
+                    tracing::debug!(%error, "Redis unreachable; batches of events not fanned out");
+                    payloads.clear();
                     continue;
                 }
             }
         }
         if let Some(manager) = connection.as_mut() {
-            let published: redis::RedisResult<usize> = manager.publish(&*channel, payload).await;
+            let mut pipeline = redis::pipe();
+            for payload in payloads.drain(..) {
+                pipeline.publish(&*channel, payload).ignore();
+            }
+            let published: redis::RedisResult<()> = pipeline.query_async(manager).await;
             if let Err(error) = published {
-                tracing::debug!(%error, "a batch of events not fanned out");
+                tracing::debug!(%error, "batches of events not fanned out");
             }
         }
     }
