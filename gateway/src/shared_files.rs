@@ -1,6 +1,6 @@
 //! The shared file store: output files and uploads as chunks in the database,
 //! so every gateway on it serves every file. A file is readable once complete;
-//! the leftovers of writes a crash cut short are swept away (see [`sweep`]).
+//! the leftovers of writes a crash cut short are swept away (see `sweep`).
 
 use std::io;
 
