@@ -238,6 +238,11 @@ struct GatewayOptions {
     /// listens on every interface).
     #[arg(long, env = "CORRAL_INTERNAL_URL")]
     internal_url: Option<String>,
+    /// Follow the plugin hosts that announce themselves in Redis (--redis-url,
+    /// --redis-prefix), besides the --supervisor list; an announcement counts
+    /// only when signed with the admin token.
+    #[arg(long, env = "CORRAL_DISCOVER_HOSTS", requires = "redis_url")]
+    discover_hosts: bool,
 }
 
 impl GatewayOptions {
@@ -297,6 +302,7 @@ impl GatewayOptions {
             }
         }
         config.internal_url = self.internal_url.clone();
+        config.discover_hosts = self.discover_hosts;
         config.lease = corral_gateway::LeaseSettings {
             ttl: self.lease_ttl,
             renew_every: self.lease_renew,
@@ -670,8 +676,10 @@ async fn supervisor(args: SupervisorCommandArgs) -> anyhow::Result<()> {
         };
         tracing::info!(%url, "announcing this plugin host in Redis");
         let stop = shutdown.graceful.clone();
+        let token = config.admin_token.clone();
         tokio::spawn(async move {
-            corral_gateway::presence::announce(&redis_url, &args.redis_prefix, &url, stop).await;
+            corral_gateway::presence::announce(&redis_url, &args.redis_prefix, &url, &token, stop)
+                .await;
         });
     }
     tokio::spawn(forward_signals(shutdown.clone()));

@@ -184,14 +184,25 @@ async fn a_retry_safe_task_runs_again_after_its_plugin_crashed() {
     );
 }
 
+/// On both databases: the restarted gateway adopts its own previous start's
+/// call at once (the same data directory), on SQLite too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_safe_task_runs_again_when_a_killed_gateway_comes_back() {
+    retry_safe_task_after_a_gateway_kill(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_safe_task_runs_again_when_a_killed_gateway_comes_back_on_sqlite() {
+    retry_safe_task_after_a_gateway_kill(Db::Sqlite).await;
+}
+
+async fn retry_safe_task_after_a_gateway_kill(db: Db) {
     let folders = PluginFolders::new();
     folders.add(
         "safe",
         &versioned_manifest("safe", "v1.0.0", "retry_safe = true"),
     );
-    let database = TestDatabase::new(Db::Postgres).await;
+    let database = TestDatabase::new(db).await;
     let supervisor = common::Supervisor::start(&[folders.path()]);
     supervisor.ready("safe").await;
     let mut gateway = Corral::gateway(&database, &supervisor.url());

@@ -92,7 +92,7 @@ function showPlugins(plugins) {
       const button = document.createElement("button");
       button.textContent = "Restart";
       button.className = "restart";
-      button.addEventListener("click", () => restart(plugin.plugin, button));
+      button.addEventListener("click", () => restart(plugin.plugin, host, button));
       action.appendChild(button);
       body.appendChild(row);
     }
@@ -157,11 +157,12 @@ function showTasks(tasks) {
   }
 }
 
-async function restart(plugin, button) {
+async function restart(plugin, host, button) {
   button.disabled = true;
   notice.textContent = "Restarting " + plugin + "…";
   try {
-    const status = await fetchJson("../admin/plugins/" + encodeURIComponent(plugin) + "/restart/", { method: "POST" });
+    const on = host ? "?host=" + encodeURIComponent(host) : "";
+    const status = await fetchJson("../admin/plugins/" + encodeURIComponent(plugin) + "/restart/" + on, { method: "POST" });
     notice.textContent = "Restarted " + plugin + " (pid " + status.pid + ").";
     await refresh();
   } catch (error) {

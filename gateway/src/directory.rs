@@ -34,6 +34,9 @@ use tonic::{
 /// a ping may go unanswered: a dead or cut-off host is noticed within seconds.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection to a supervisor or plugin may take to open (a host
+/// that drops packets fails within this, not after TCP's own retries).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client of a plugin, through its host's proxy or directly.
 pub type PluginApi = PluginClient<InterceptedService<Channel, Route>>;
@@ -327,6 +330,7 @@ impl SupervisorLink {
     fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
         Ok(Endpoint::from_shared(self.url.clone())?
             .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_EVERY)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true))
@@ -553,7 +557,8 @@ impl HostFollower {
         let target = if self.proxied {
             self.link.endpoint()
         } else {
-            Endpoint::from_shared(endpoint.to_owned()).map(|endpoint| endpoint.tcp_nodelay(true))
+            Endpoint::from_shared(endpoint.to_owned())
+                .map(|endpoint| endpoint.tcp_nodelay(true).connect_timeout(CONNECT_TIMEOUT))
         };
         match target {
             Ok(target) => {

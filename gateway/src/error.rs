@@ -90,6 +90,11 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if matches!(error, StoreError::NoLease) {
+            return Self::Unavailable(
+                "The gateway is rejoining its cluster; try again shortly.".into(),
+            );
+        }
         if error.is_unavailable() {
             // Each refused request would be a line: /ready and the runner's
             // retries report the outage.

@@ -94,9 +94,11 @@ impl FanOut {
         }
     }
 
-    /// The subscription's state, for followers.
+    /// The subscription's state, for followers: its changes from now on.
     pub(crate) fn link(&self) -> watch::Receiver<Link> {
-        self.link.clone()
+        let mut link = self.link.clone();
+        link.mark_unchanged();
+        link
     }
 }
 
@@ -199,11 +201,15 @@ async fn subscribe(
             Ok(Err(error)) => tracing::debug!(%error, "Redis unreachable"),
             Err(_) => tracing::debug!("connecting to Redis timed out"),
         }
-        link.send_modify(|link| {
-            if link.up {
+        // Followers are woken once when the link goes down, not at every
+        // failed reconnection.
+        link.send_if_modified(|link| {
+            let was_up = link.up;
+            if was_up {
                 link.up = false;
                 link.epoch += 1;
             }
+            was_up
         });
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -140,31 +140,37 @@ impl Keeper {
     async fn run(self, mut holder: Holder, mut valid_until: Instant, shutdown: CancellationToken) {
         let ttl = self.settings.ttl_millis();
         loop {
+            // The next renewal, never later than the moment to give the lease
+            // up (a renewal that failed fast is tried again at once then).
+            let next = (Instant::now() + self.settings.renew_every).min(valid_until);
             tokio::select! {
-                () = tokio::time::sleep(self.settings.renew_every) => {}
+                () = tokio::time::sleep_until(next) => {}
                 () = shutdown.cancelled() => break,
             }
-            let sent = Instant::now();
-            let renewed = tokio::select! {
-                renewed = self.store.renew_lease(&holder.id, ttl) => Some(renewed),
-                // A renewal that hangs past the lease's end is no renewal.
-                () = tokio::time::sleep_until(valid_until) => None,
-                () = shutdown.cancelled() => break,
+            let renewed = if Instant::now() >= valid_until {
+                None
+            } else {
+                let sent = Instant::now();
+                tokio::select! {
+                    renewed = self.store.renew_lease(&holder.id, ttl) => Some((renewed, sent)),
+                    // A renewal that hangs past the lease's end is no renewal.
+                    () = tokio::time::sleep_until(valid_until) => None,
+                    () = shutdown.cancelled() => break,
+                }
             };
             match renewed {
-                Some(Ok(true)) => {
+                Some((Ok(true), sent)) => {
+                    // Counted from when it was sent: the database's clock may
+                    // have started the new term any time after.
                     valid_until = sent + self.settings.ttl - self.settings.margin();
                     continue;
                 }
-                Some(Err(error)) if Instant::now() < valid_until => {
+                Some((Err(error), _)) => {
                     tracing::warn!(%error, "failed to renew the gateway's lease; trying again");
                     continue;
                 }
-                Some(Ok(false)) => {
-                    tracing::warn!(lease = %holder.id, "the gateway's lease expired")
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(lease = %holder.id, %error, "the gateway's lease could not be renewed in time");
+                Some((Ok(false), _)) => {
+                    tracing::warn!(lease = %holder.id, "the gateway's lease expired");
                 }
                 None => {
                     tracing::warn!(lease = %holder.id, "the gateway's lease could not be renewed in time");
@@ -210,12 +216,27 @@ impl Keeper {
     }
 }
 
-/// Where a gateway runs: its host name and data directory (a gateway that
-/// starts again there ends its previous lease at once).
-pub(crate) fn place(data_dir: &std::path::Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// Where a gateway runs: the id kept in its data directory (made at its first
+/// start), with its host name and folder for people to read. A gateway that
+/// starts again there ends its previous lease at once; two data directories
+/// never share one, whatever their paths or host names.
+pub(crate) async fn place(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let file = data_dir.join("gateway-id");
+    let id = match tokio::fs::read_to_string(&file).await {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        Ok(_) => write_id(&file).await?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => write_id(&file).await?,
+        Err(error) => return Err(error),
+    };
+    let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+        .await
         .map(|name| name.trim().to_owned())
         .unwrap_or_default();
-    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    format!("{host}:{}", dir.display())
+    Ok(format!("{id} ({host}:{})", data_dir.display()))
+}
+
+async fn write_id(file: &std::path::Path) -> std::io::Result<String> {
+    let id = crate::ids::random_id();
+    tokio::fs::write(file, &id).await?;
+    Ok(id)
 }

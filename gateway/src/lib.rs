@@ -120,9 +120,18 @@ impl RunningGateway {
             source,
         })?;
         let shutdown = CancellationToken::new();
+        let place = lease::place(&config.data_dir)
+            .await
+            .map_err(|source| GatewayError::Io {
+                what: format!(
+                    "failed to read or write the gateway's id in {}",
+                    config.data_dir.display()
+                ),
+                source,
+            })?;
         let lease = Lease::acquire(
             store.clone(),
-            lease::place(&config.data_dir),
+            place,
             format!("http://{local_addr}"),
             config.lease,
             shutdown.clone(),
@@ -152,13 +161,14 @@ impl RunningGateway {
         // their loopback endpoints; else through each host's supervisor.
         let proxied =
             supervisors.len() > 1 || !supervisors.iter().all(|link| is_loopback_url(&link.url));
-        let directory = Directory::follow(supervisors.clone(), proxied, shutdown.clone());
-        if let Some(url) = &config.redis_url {
+        let directory = Directory::follow(supervisors, proxied, shutdown.clone());
+        if let (Some(url), true) = (&config.redis_url, config.discover_hosts) {
             let client = redis::Client::open(url.as_str()).map_err(GatewayError::Redis)?;
             tokio::spawn(presence::discover(
                 client,
                 config.redis_prefix.clone(),
                 directory.clone(),
+                config.supervisor_token.clone(),
                 token.clone(),
                 shutdown.clone(),
             ));
@@ -192,7 +202,7 @@ impl RunningGateway {
                 || format!("http://{}", loopback(local_addr)),
                 |url| url.trim_end_matches('/').to_owned(),
             ),
-            supervisors,
+            admin_token: token,
         };
         let state = AppState {
             config: Arc::new(settings),

@@ -576,7 +576,12 @@ impl Runner {
         // Counted as running on its host until the call ends (least in flight first).
         let _running = live.begin_call();
         let invoked = std::time::Instant::now();
-        let mut stream = match client.invoke(request).await {
+        let answered = tokio::select! {
+            answered = client.invoke(request) => answered,
+            () = self.shutdown.cancelled() => return Ok(Outcome::Interrupted),
+            () = cancel.cancelled() => return Ok(Outcome::Interrupted),
+        };
+        let mut stream = match answered {
             Ok(response) => {
                 self.metrics
                     .invoked(&live.identifier, invoked.elapsed().as_secs_f64());

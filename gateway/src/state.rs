@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     pub redis_url: Option<String>,
     /// The prefix of this deployment's Redis keys and channels.
     pub redis_prefix: String,
+    /// Whether to follow the plugin hosts announced in Redis (signed with the
+    /// admin token), besides `supervisor_urls`.
+    pub discover_hosts: bool,
     /// The base URL plugins read uploaded input files from; `None`: the
     /// gateway's own bound address (on loopback when bound to every interface).
     pub internal_url: Option<String>,
@@ -85,6 +88,7 @@ impl GatewayConfig {
             redis_url: None,
             redis_prefix: "corral".into(),
             internal_url: None,
+            discover_hosts: false,
         }
     }
 }
@@ -99,8 +103,9 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// Base URL plugins use to read uploaded input files.
     pub(crate) internal_url: String,
-    /// The plugin hosts' supervisors, for the admin routes.
-    pub(crate) supervisors: Vec<crate::directory::SupervisorLink>,
+    /// The supervisors' admin token, for the admin routes (on every host the
+    /// directory follows).
+    pub(crate) admin_token: corral_proto::admin::AdminToken,
 }
 
 /// What every handler gets.

@@ -292,6 +292,8 @@ struct Statements {
     wait: String,
     end: String,
     begin_attempt: String,
+    /// A new task, inserted only while its owner's lease is live.
+    create: String,
     /// Whether anything is to adopt: a read, so the look every second takes
     /// no write lock when nothing is (SQLite has one writer).
     orphans: String,
@@ -330,6 +332,11 @@ impl Statements {
                  WHERE id = $1 AND status = 'PENDING' AND {fence} AND NOT EXISTS \
                  (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
                  RETURNING plugin, created_at, event_count"
+            ),
+            create: format!(
+                "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, \
+                 created_at, updated_at, owner) SELECT $1, $2, 'PENDING', '', $3, $4, 1, $5, $5, $6 \
+                 WHERE EXISTS (SELECT 1 FROM gateways g WHERE g.id = $6 AND g.expires_at > {now})"
             ),
             begin_attempt: format!(
                 "UPDATE tasks SET attempts = attempts + 1, updated_at = $2 \
@@ -481,6 +488,9 @@ pub enum StoreError {
     /// The database did not answer a read in time (a cut or stalled link).
     #[error("the database did not answer within {0:?}")]
     TimedOut(std::time::Duration),
+    /// The gateway's lease ended: it takes no task until it holds a new one.
+    #[error("the gateway's lease has ended; it is joining again")]
+    NoLease,
     /// A second gateway on an SQLite database.
     #[error(
         "another gateway ({0}) is using this SQLite database; several gateways need PostgreSQL \
@@ -495,7 +505,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         let error = match self {
             Self::Database(error) => error,
-            Self::TimedOut(_) => return true,
+            Self::TimedOut(_) | Self::NoLease => return true,
             Self::Migrate(_) | Self::UnsupportedUrl(_) | Self::Occupied(_) => return false,
         };
         match error {
@@ -578,6 +588,8 @@ where
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// A small pool of its own for the gateway's lease.
+    control: AnyPool,
     /// PostgreSQL (else SQLite): a task's end is one statement there.
     postgres: bool,
     sql: Arc<Statements>,
@@ -613,6 +625,36 @@ impl quick_cache::Weighter<String, Arc<TaskRecord>> for RecordWeight {
     }
 }
 
+/// The options of a pool of at most `connections`: bounded waits, and each
+/// engine's session settings.
+fn pool_options(sqlite: bool, connections: u32) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        // No ping before each use: a broken connection fails its query (a
+        // read is tried once more, see `read_retrying`).
+        .test_before_acquire(false);
+    if sqlite {
+        return options.after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::raw_sql(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                )
+                .execute(connection)
+                .await?;
+                Ok(())
+            })
+        });
+    }
+    options.after_connect(|connection, _| {
+        Box::pin(async move {
+            sqlx::raw_sql(STATEMENT_TIMEOUT).execute(connection).await?;
+            Ok(())
+        })
+    })
+}
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite:…`) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -621,37 +663,15 @@ impl Store {
         if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StoreError::UnsupportedUrl(redact(url)));
         }
-        let mut options = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 16 })
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            // No ping before each use: a broken connection fails its query (a
-            // read is tried once more, see `read_retrying`).
-            .test_before_acquire(false);
-        if !sqlite {
-            options = options.after_connect(|connection, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql(STATEMENT_TIMEOUT).execute(connection).await?;
-                    Ok(())
-                })
-            });
-        }
-        if sqlite {
-            options = options.after_connect(|connection, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                    )
-                    .execute(connection)
-                    .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(url).await?;
+        let pool = pool_options(sqlite, if sqlite { 4 } else { 16 })
+            .connect(url)
+            .await?;
+        // The lease's own connections: a busy pool never starves its renewal.
+        let control = pool_options(sqlite, 2).connect(url).await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
         Ok(Self {
             pool,
+            control,
             postgres: !sqlite,
             sql: Arc::new(Statements::new(!sqlite)),
             outbox: Arc::default(),
@@ -678,7 +698,7 @@ impl Store {
         starting: bool,
     ) -> Result<(), StoreError> {
         let now = self.sql.now;
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.control.begin().await?;
         // On SQLite this first write also takes the database's write lock, so
         // two gateways starting at once cannot both see none live.
         if starting {
@@ -729,7 +749,7 @@ impl Store {
         )))
         .bind(id)
         .bind(ttl)
-        .execute(&self.pool)
+        .execute(&self.control)
         .await?;
         Ok(renewed.rows_affected() == 1)
     }
@@ -741,7 +761,7 @@ impl Store {
             "UPDATE gateways SET expires_at = {now} WHERE id = $1 AND expires_at > {now}"
         )))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.control)
         .await?;
         Ok(())
     }
@@ -788,23 +808,24 @@ impl Store {
         uploads: &[String],
         owner: &str,
     ) -> Result<(), StoreError> {
-        let insert = sqlx::query(
-            "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, created_at, \
-             updated_at, owner) VALUES ($1, $2, 'PENDING', '', $3, $4, 1, $5, $5, $6)",
-        )
-        .bind(id)
-        .bind(plugin)
-        .bind(inputs)
-        .bind(base_url)
-        .bind(now_millis())
-        .bind(owner);
+        let insert = sqlx::query(sqlx::AssertSqlSafe(&*self.sql.create))
+            .bind(id)
+            .bind(plugin)
+            .bind(inputs)
+            .bind(base_url)
+            .bind(now_millis())
+            .bind(owner);
         if uploads.is_empty() {
             // One statement: no transaction round trips on the common path.
-            insert.execute(&self.pool).await?;
-            return Ok(());
+            return match insert.execute(&self.pool).await?.rows_affected() {
+                0 => Err(StoreError::NoLease),
+                _ => Ok(()),
+            };
         }
         let mut transaction = self.pool.begin().await?;
-        insert.execute(&mut *transaction).await?;
+        if insert.execute(&mut *transaction).await?.rows_affected() == 0 {
+            return Err(StoreError::NoLease);
+        }
         for upload in uploads {
             sqlx::query("UPDATE files SET task_id = $1 WHERE id = $2 AND kind = 'input'")
                 .bind(id)
@@ -1018,16 +1039,22 @@ impl Store {
         if cleared.rows_affected() == 0 {
             return Ok(None);
         }
-        let mut call: CallRecord = sqlx::query_as(
+        // Taken only under a live lease (else nothing changes: 503).
+        let now_sql = self.sql.now;
+        let call: Option<CallRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tasks SET attempts = 1, updated_at = $2, owner = $3 WHERE id = $1 \
+             AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.expires_at > {now_sql}) \
              RETURNING id, plugin, base_url, attempts, inputs, state, state_outputs, \
-             LENGTH(log) AS log_chars, LENGTH(events) AS event_chars",
-        )
+             LENGTH(log) AS log_chars, LENGTH(events) AS event_chars"
+        )))
         .bind(id)
         .bind(now)
         .bind(owner)
-        .fetch_one(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
+        let Some(mut call) = call else {
+            return Err(StoreError::NoLease);
+        };
         self.commit_with_notices(transaction, id, notices, now)
             .await?;
         call.step_id = Some(step_id.to_owned());
@@ -1036,8 +1063,27 @@ impl Store {
     }
 
     /// Undoes [`Store::clear_step`] when its continuation could not start (the
-    /// gateway began shutting down): the step waits again.
-    pub async fn reopen_step(&self, id: &str, step_id: &str) -> Result<(), StoreError> {
+    /// gateway began shutting down): the step waits again, unless the task is
+    /// no longer `owner`'s (another gateway adopted the continuation).
+    pub async fn reopen_step(
+        &self,
+        id: &str,
+        step_id: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let now = self.sql.now;
+        let mut transaction = self.pool.begin().await?;
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE tasks SET owner = NULL WHERE id = $1 AND status = 'PENDING' AND owner = $2 \
+             AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $2 AND g.expires_at > {now})"
+        )))
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *transaction)
+        .await?;
+        if released.rows_affected() == 0 {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE task_steps SET cleared = 0, inputs = NULL \
              WHERE task_id = $1 AND step_id = $2 AND cleared = 1 AND position = \
@@ -1045,8 +1091,9 @@ impl Store {
         )
         .bind(id)
         .bind(step_id)
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
+        transaction.commit().await?;
         Ok(())
     }
 
@@ -1376,29 +1423,44 @@ impl Store {
         Ok(())
     }
 
-    /// Stores chunk `position` (from 0) of a file being written.
+    /// Stores chunk `position` (from 0) of a file being written, and marks
+    /// the file touched now (the sweep leaves files being written alone).
     pub async fn put_chunk(
         &self,
         key: &str,
         position: i64,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("UPDATE file_blobs SET created_at = $2 WHERE storage_key = $1")
+            .bind(key)
+            .bind(now_millis())
+            .execute(&mut *transaction)
+            .await?;
         sqlx::query("INSERT INTO file_chunks (storage_key, position, data) VALUES ($1, $2, $3)")
             .bind(key)
             .bind(position)
             .bind(data)
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+        transaction.commit().await?;
         Ok(())
     }
 
-    /// Makes a file of `size` bytes readable.
+    /// Makes a file of `size` bytes readable; fails when the file is gone
+    /// (swept away as a leftover).
     pub async fn complete_blob(&self, key: &str, size: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE file_blobs SET complete = 1, size = $2 WHERE storage_key = $1")
-            .bind(key)
-            .bind(size)
-            .execute(&self.pool)
-            .await?;
+        let completed = sqlx::query(
+            "UPDATE file_blobs SET complete = 1, size = $2, created_at = $3 WHERE storage_key = $1",
+        )
+        .bind(key)
+        .bind(size)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        if completed.rows_affected() == 0 {
+            return Err(StoreError::Database(sqlx::Error::RowNotFound));
+        }
         Ok(())
     }
 

@@ -149,9 +149,15 @@ impl Dispatcher {
                     }
                 };
                 for notice in notices {
+                    // Each notice under a claim still held: once the lease is
+                    // lost, the gateway that takes the claim over delivers.
+                    if !matches!(store.claim_subscriber(&href, &holder.id).await, Ok(true)) {
+                        return;
+                    }
                     tokio::select! {
                         () = deliver(&client, &slots, &notice, retry_for) => {}
                         () = shutdown.cancelled() => return,
+                        () = holder.lost.cancelled() => return,
                     }
                     if let Err(error) = store.delete_notice(&notice).await {
                         // Delivered again later: at least once.

@@ -142,6 +142,7 @@ impl Cluster {
                 &self.redis.url(),
                 "--redis-prefix",
                 &self.prefix,
+                "--discover-hosts",
             ])
             .args(LEASE)
             .arg("--data-dir")

@@ -12,14 +12,29 @@ use corral_proto::{
 use serde_json::{Value, json};
 
 use crate::{
+    directory::SupervisorLink,
     error::{ApiError, ErrorBody, ValidationErrorBody},
     state::AppState,
 };
 
-/// A connected Admin API client of each plugin host's supervisor, with its
-/// URL; 503 when none can be reached.
-async fn hosts(state: &AppState) -> Result<Vec<(String, AdminApi)>, ApiError> {
-    let connections = state.config.supervisors.iter().map(|link| async move {
+/// A connected Admin API client of each plugin host's supervisor the gateway
+/// follows (or of the one named `only`), with its URL; 503 when none can be
+/// reached.
+async fn hosts(state: &AppState, only: Option<&str>) -> Result<Vec<(String, AdminApi)>, ApiError> {
+    let table = state.directory.snapshot();
+    let links: Vec<SupervisorLink> = table
+        .hosts()
+        .iter()
+        .filter(|host| only.is_none_or(|only| *host.url == *only))
+        .map(|host| SupervisorLink {
+            url: host.url.to_string(),
+            token: state.config.admin_token.clone(),
+        })
+        .collect();
+    if links.is_empty() && only.is_some() {
+        return Err(ApiError::NotFound("No such plugin host.".into()));
+    }
+    let connections = links.iter().map(|link| async move {
         match link.admin().await {
             Ok(client) => Some((link.url.clone(), client)),
             Err(error) => {
@@ -67,7 +82,7 @@ pub(crate) fn plugin_json(status: &PluginStatus) -> Value {
         (status = 503, description = "the supervisor cannot be reached", body = ErrorBody)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut plugins = Vec::new();
-    for (host, mut client) in hosts(&state).await? {
+    for (host, mut client) in hosts(&state, None).await? {
         let listed = match client.list_plugins(ListPluginsRequest {}).await {
             Ok(listed) => listed.into_inner().plugins,
             Err(status) => {
@@ -103,20 +118,22 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 
 /// `POST /admin/plugins/<plugin>/<start|stop|restart>/`.
 #[utoipa::path(post, path = "/admin/plugins/{plugin}/{action}/", operation_id = "actOnPlugin", tag = "admin", security(("bearer" = [])),
-    params(("plugin" = String, Path), ("action" = String, Path, description = "start, stop or restart")),
+    params(("plugin" = String, Path), ("action" = String, Path, description = "start, stop or restart"),
+        ("host" = Option<String>, Query, description = "the supervisor URL of the one plugin host to act on (default: every host that has the plugin)")),
     responses((status = 200, description = "the plugin's new state"), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn act(
     State(state): State<AppState>,
     Path((plugin, action)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     if !matches!(action.as_str(), "start" | "stop" | "restart") {
         return Err(ApiError::NotFound("Not found.".into()));
     }
-    // On every host that has the plugin.
+    // On the one host named, else on every host that has the plugin.
     let mut changed = Vec::new();
     let mut refused = None;
-    for (host, mut client) in hosts(&state).await? {
+    for (host, mut client) in hosts(&state, query.get("host").map(String::as_str)).await? {
         let reference = PluginRef {
             plugin: plugin.clone(),
         };

@@ -591,7 +591,7 @@ pub(crate) async fn step(
                     return Ok(Taken::Yes);
                 }
                 // Shutdown began meanwhile: the step waits for the next start.
-                runner.store.reopen_step(&task, &step).await?;
+                runner.store.reopen_step(&task, &step, &holder.id).await?;
                 Ok::<_, ApiError>(Taken::NotNow)
             })
             .await
