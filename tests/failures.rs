@@ -67,14 +67,9 @@ async fn misbehaving_plugins_fail_their_task_and_harm_nothing_else() {
     let status = corral.finished(&task_url).await;
     assert_eq!(status["log"], "v1.0.0 says: still here");
     // A partial output never stays behind in the (shared) file store.
-    let mut connection = database.connect().await;
-    let partial: i64 = sqlx::Row::get(
-        &sqlx::query("SELECT COUNT(*) AS n FROM file_blobs WHERE complete = 0")
-            .fetch_one(&mut connection)
-            .await
-            .unwrap(),
-        "n",
-    );
+    let partial = database
+        .count("SELECT COUNT(*) AS n FROM file_blobs WHERE complete = 0")
+        .await;
     assert_eq!(partial, 0, "partial files left in the file store");
 }
 

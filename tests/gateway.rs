@@ -464,13 +464,7 @@ async fn invalid_requests_get_json_errors_and_create_no_task(db: Db) {
 }
 
 async fn count_tasks(database: &TestDatabase) -> i64 {
-    use sqlx::Row;
-    let mut connection = database.connect().await;
-    sqlx::query("SELECT COUNT(*) AS n FROM tasks")
-        .fetch_one(&mut connection)
-        .await
-        .unwrap()
-        .get::<i64, _>("n")
+    database.count("SELECT COUNT(*) AS n FROM tasks").await
 }
 
 async fn plugin_list_metadata_and_redirects(db: Db) {
@@ -858,15 +852,7 @@ async fn small_outputs_live_in_the_database_and_large_ones_in_the_file_store(db:
             .map(|entries| entries.count())
             .unwrap_or(0)
     };
-    let in_database = || async {
-        use sqlx::Row;
-        let mut connection = database.connect().await;
-        sqlx::query("SELECT COUNT(*) AS n FROM file_blobs WHERE complete = 1")
-            .fetch_one(&mut connection)
-            .await
-            .unwrap()
-            .get::<i64, _>("n")
-    };
+    let in_database = || database.count("SELECT COUNT(*) AS n FROM file_blobs WHERE complete = 1");
     for (size, files_after) in [(100usize, 0), (3 * 1024 * 1024 + 5, 1)] {
         let size_text = size.to_string();
         let task_url = corral.submit("bulk@v1-0-0", &[("size", &size_text)]).await;
@@ -901,7 +887,6 @@ async fn small_outputs_live_in_the_database_and_large_ones_in_the_file_store(db:
 /// upload no task took.
 #[tokio::test]
 async fn the_sweep_keeps_referenced_files_and_removes_old_leftovers() {
-    use sqlx::Row;
     let database = TestDatabase::new(Db::Postgres).await;
     let folders = common::PluginFolders::new();
     folders.add(
@@ -932,14 +917,10 @@ async fn the_sweep_keeps_referenced_files_and_removes_old_leftovers() {
             .await
             .unwrap();
     }
-    async fn count(connection: &mut sqlx::AnyConnection, sql: &'static str) -> i64 {
-        let row = sqlx::query(sql).fetch_one(connection).await.unwrap();
-        row.get::<i64, _>("n")
-    }
     let leftovers =
         "SELECT COUNT(*) AS n FROM file_blobs WHERE storage_key IN ('cutshort', 'untaken')";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while count(&mut connection, leftovers).await > 0 {
+    while database.count(leftovers).await > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "leftovers not swept away"
@@ -948,13 +929,13 @@ async fn the_sweep_keeps_referenced_files_and_removes_old_leftovers() {
     }
     let chunks = "SELECT COUNT(*) AS n FROM file_chunks WHERE storage_key = 'cutshort'";
     assert_eq!(
-        count(&mut connection, chunks).await,
+        database.count(chunks).await,
         0,
         "the chunks go with their file"
     );
     let upload = "SELECT COUNT(*) AS n FROM files WHERE id = 'untakenupload'";
     assert_eq!(
-        count(&mut connection, upload).await,
+        database.count(upload).await,
         0,
         "the untaken upload's row goes"
     );

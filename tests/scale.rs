@@ -327,16 +327,13 @@ async fn a_gateway_killed_mid_load_loses_nothing() {
     assert_eq!((tally.ended, tally.duplicated), (tally.accepted, 0));
     assert!(adopted_by < ADOPTED_WITHIN, "adopted after {adopted_by:?}");
     // No expired lease owns a running task any more.
-    let orphans: i64 = sqlx::Row::get(
-        &sqlx::query(
+    let orphans = cluster
+        .database
+        .count(
             "SELECT COUNT(*) AS n FROM tasks t JOIN gateways g ON g.id = t.owner \
              WHERE t.status = 'PENDING' AND g.expires_at < (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
         )
-        .fetch_one(&mut connection)
-        .await
-        .unwrap(),
-        "n",
-    );
+        .await;
     assert_eq!(orphans, 0);
 }
 
@@ -684,16 +681,12 @@ async fn webhook_notices_from_three_gateways_arrive_once_each() {
         status_on(&cluster.gateways[0], task_url).await;
     }
     // Every notice is delivered once the outbox is empty.
-    let mut connection = cluster.database.connect().await;
     let deadline = Instant::now() + common::DEADLINE;
     loop {
-        let left: i64 = sqlx::Row::get(
-            &sqlx::query("SELECT COUNT(*) AS n FROM notices")
-                .fetch_one(&mut connection)
-                .await
-                .unwrap(),
-            "n",
-        );
+        let left = cluster
+            .database
+            .count("SELECT COUNT(*) AS n FROM notices")
+            .await;
         if left == 0 {
             break;
         }

@@ -65,6 +65,14 @@ impl TestDatabase {
         sqlx::AnyConnection::connect(&url).await.unwrap()
     }
 
+    /// The count a `SELECT COUNT(*) AS n …` of the test's database answers.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        use sqlx::Row;
+        let mut connection = self.connect().await;
+        let row = sqlx::query(sql).fetch_one(&mut connection).await.unwrap();
+        row.get::<i64, _>("n")
+    }
+
     pub async fn new(db: Db) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         if db == Db::Sqlite {
