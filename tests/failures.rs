@@ -219,3 +219,68 @@ async fn retry_safe_task_after_a_gateway_kill(db: Db) {
         "re-running: the gateway running the task went away\nv1.0.0 says: resumed"
     );
 }
+
+/// A claim whose answer was lost (the database went away as it committed)
+/// leaves a running task of a live gateway with no call on it: the gateway
+/// finds it among its own tasks and takes it up as it would an orphan. The
+/// rows are written here exactly as a task's creation commits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_claimed_without_an_answer_is_taken_up_by_its_own_gateway() {
+    use sqlx::Row;
+    let folders = PluginFolders::new();
+    folders.add(
+        "safe",
+        &versioned_manifest("safe", "v1.0.0", "retry_safe = true"),
+    );
+    folders.add("unsafe", &versioned_manifest("unsafe", "v1.0.0", ""));
+    let database = TestDatabase::new(Db::Postgres).await;
+    let supervisor = common::Supervisor::start(&[folders.path()]);
+    let gateway = Corral::gateway(&database, &supervisor.url());
+    gateway
+        .wait_for_plugins(&["safe@v1-0-0", "unsafe@v1-0-0"])
+        .await;
+    let mut connection = database.connect().await;
+    let owner: String = sqlx::query("SELECT id FROM gateways")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+        .get("id");
+    let base = gateway.url("");
+    for (id, plugin) in [
+        ("a".repeat(32), "safe@v1-0-0"),
+        ("b".repeat(32), "unsafe@v1-0-0"),
+    ] {
+        sqlx::query(
+            "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, \
+             created_at, updated_at, owner) \
+             VALUES ($1, $2, 'PENDING', '', '{\"text\":\"stray\"}', $3, 1, 0, 0, $4)",
+        )
+        .bind(&id)
+        .bind(plugin)
+        .bind(base.trim_end_matches('/'))
+        .bind(&owner)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+
+    let safe = gateway
+        .finished(&gateway.url(&format!("/tasks/{}/", "a".repeat(32))))
+        .await;
+    assert_eq!(safe["status"], "SUCCESS", "{safe}");
+    assert_eq!(
+        safe["log"],
+        "re-running: the task's call was cut off by a database failure\nv1.0.0 says: stray"
+    );
+    let not_safe = gateway
+        .finished(&gateway.url(&format!("/tasks/{}/", "b".repeat(32))))
+        .await;
+    assert_eq!(not_safe["status"], "FAILURE", "{not_safe}");
+    assert!(
+        not_safe["log"].as_str().unwrap().contains(
+            "the task's call was cut off by a database failure; \
+             the plugin's tasks are not safe to run again"
+        ),
+        "{not_safe}"
+    );
+}

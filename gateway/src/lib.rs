@@ -187,6 +187,7 @@ impl RunningGateway {
             live,
             lease,
             running: Default::default(),
+            taking: Default::default(),
             ended: Default::default(),
             closing: Default::default(),
             metrics: Default::default(),

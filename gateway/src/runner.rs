@@ -9,7 +9,7 @@
 //! async loop around it (transport, persistence, publishing).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -46,6 +46,12 @@ const UNREACHED_TRIES: u32 = 3;
 const MAX_RUNS: u32 = 2;
 /// How many orphaned calls one adoption takes.
 const ADOPT_AT_ONCE: i64 = 64;
+/// Every how many adoption rounds the gateway looks for strays among its own
+/// running tasks (see [`Runner::take_up_strays`]).
+const STRAYS_EVERY: u32 = 5;
+/// How long (ms) a running task of this gateway's must have been unchanged
+/// before it is looked at as a possible stray.
+const STRAY_AFTER_MS: i64 = 5_000;
 /// How long ending one task may take at shutdown (a database that is down
 /// must not hold the exit up).
 const FINISH_AT_SHUTDOWN: Duration = Duration::from_secs(2);
@@ -171,6 +177,9 @@ pub(crate) struct Runner {
     /// Running calls by task: ending a task from outside (shutdown) stops its
     /// runner. The base URL is for the links of a failure ended from outside.
     pub(crate) running: Arc<Mutex<HashMap<String, RunningCall>>>,
+    /// Tasks being taken up: claimed in the database (or about to be), their
+    /// call not in `running` yet. See [`Runner::taking`].
+    pub(crate) taking: Arc<Mutex<HashSet<String>>>,
     /// Woken each time a runner ends.
     pub(crate) ended: Arc<tokio::sync::Notify>,
     /// Set when shutdown begins: no new call starts.
@@ -190,6 +199,42 @@ pub(crate) struct RunningCall {
     base: BaseUrl,
     /// Its lease (any run of the call: it is ended from outside).
     claim: Claim,
+}
+
+/// A task this gateway is taking up, from before its claim is written until
+/// its call is in the running table (or it is given up): the sweep for strays
+/// leaves it alone meanwhile.
+pub(crate) struct Taking {
+    tasks: Arc<Mutex<HashSet<String>>>,
+    task_id: String,
+}
+
+impl Drop for Taking {
+    fn drop(&mut self) {
+        lock(&self.tasks).remove(&self.task_id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Why a gateway takes up a call it did not start in this process.
+#[derive(Clone, Copy)]
+enum TakenUp {
+    /// The gateway that ran it lost its lease.
+    Orphan,
+    /// This gateway claimed it, but its call never ran or stopped unrecorded.
+    Stray,
+}
+
+impl TakenUp {
+    fn cause(self) -> &'static str {
+        match self {
+            Self::Orphan => "the gateway running the task went away",
+            Self::Stray => "the task's call was cut off by a database failure",
+        }
+    }
 }
 
 /// How one invocation ended.
@@ -321,9 +366,24 @@ impl Runner {
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningCall>> {
-        self.running
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        lock(&self.running)
+    }
+
+    /// Marks `task_id` as being taken up by this gateway until the guard is
+    /// dropped: hold it from before the claim is written until after
+    /// [`Runner::spawn`].
+    pub(crate) fn taking(&self, task_id: &str) -> Taking {
+        lock(&self.taking).insert(task_id.to_owned());
+        Taking {
+            tasks: self.taking.clone(),
+            task_id: task_id.to_owned(),
+        }
+    }
+
+    /// Whether this process runs, or is taking up, the task's call. Taking
+    /// is looked at first: a task leaves it only once it is running.
+    fn holds(&self, task_id: &str) -> bool {
+        lock(&self.taking).contains(task_id) || self.lock_running().contains_key(task_id)
     }
 
     /// Adopts, until shutdown, the calls whose gateway's lease expired (a
@@ -331,10 +391,17 @@ impl Runner {
     /// them), at once and then every `every`. Tasks waiting for a step run no
     /// call and are not touched.
     pub(crate) async fn adopt_orphans(self, every: Duration) {
+        let mut round = 0_u32;
         loop {
+            round = round.wrapping_add(1);
             if let Some(holder) = self.lease.holder()
                 && !self.shutdown_begun()
             {
+                if round.is_multiple_of(STRAYS_EVERY)
+                    && let Err(error) = self.take_up_strays(&holder).await
+                {
+                    tracing::warn!(%error, "failed to look for stray tasks");
+                }
                 match self.store.adopt(&holder.id, ADOPT_AT_ONCE).await {
                     Ok(calls) => {
                         let full = calls.len() as i64 >= ADOPT_AT_ONCE;
@@ -345,7 +412,14 @@ impl Runner {
                             );
                         }
                         for record in calls {
-                            tokio::spawn(self.clone().take_up(record, holder.clone()));
+                            let taking = self.taking(&record.id);
+                            let taken_up = self.clone().take_up(
+                                record,
+                                holder.clone(),
+                                taking,
+                                TakenUp::Orphan,
+                            );
+                            tokio::spawn(taken_up);
                         }
                         if full {
                             continue;
@@ -361,13 +435,37 @@ impl Runner {
         }
     }
 
-    /// Runs an adopted call again where the plugin says its tasks are safe to
-    /// retry, from their last state; else ends its task with the reason.
-    async fn take_up(self, record: CallRecord, holder: Holder) {
+    /// Takes up this gateway's strays: running tasks its lease holds whose
+    /// call no part of this process runs or is starting. A claim whose
+    /// answer was lost (the database went away as it committed) leaves one,
+    /// as does a call whose end could not be written. Each is taken up as
+    /// an orphan is.
+    async fn take_up_strays(&self, holder: &Holder) -> Result<(), StoreError> {
+        let before = crate::store::now_millis() - STRAY_AFTER_MS;
+        for task_id in self.store.held_before(&holder.id, before).await? {
+            if self.holds(&task_id) {
+                continue;
+            }
+            let taking = self.taking(&task_id);
+            let Some(record) = self.store.retake(&task_id, &holder.id).await? else {
+                continue;
+            };
+            tracing::warn!(task = %task_id, "taking up a running task whose call had stopped");
+            let taken_up = self
+                .clone()
+                .take_up(record, holder.clone(), taking, TakenUp::Stray);
+            tokio::spawn(taken_up);
+        }
+        Ok(())
+    }
+
+    /// Runs a call taken up again where the plugin says its tasks are safe
+    /// to retry, from their last state; else ends its task with the reason.
+    async fn take_up(self, record: CallRecord, holder: Holder, _taking: Taking, why: TakenUp) {
         let base = BaseUrl::new(record.base_url.clone(), "");
         let (task_id, plugin) = (record.id.clone(), record.plugin.clone());
         let mut claim = holder.claim(record.attempts);
-        let reason = match self.adopted(record, base.clone(), &holder).await {
+        let reason = match self.adopted(record, base.clone(), &holder, why).await {
             Ok(job) => {
                 // Refused only at shutdown: another gateway (or the next start) adopts it.
                 let _started = self.spawn(job);
@@ -375,34 +473,39 @@ impl Runner {
             }
             Err(reason) => reason,
         };
-        tracing::info!(task = %task_id, %plugin, %reason, "ending an adopted task");
+        tracing::info!(task = %task_id, %plugin, %reason, "ending a task taken up");
         claim.fence.attempt = -1;
         if let Err(error) = self.end_failed(&task_id, &claim, &reason, &base).await {
             tracing::error!(task = %task_id, %error, "failed to end an adopted task");
         }
     }
 
-    /// The job that runs an adopted call again, or why it cannot.
+    /// The job that runs a call taken up again, or why it cannot.
     async fn adopted(
         &self,
         record: CallRecord,
         base: BaseUrl,
         holder: &Holder,
+        why: TakenUp,
     ) -> Result<Job, String> {
         let plugin = record.plugin.clone();
+        let cause = why.cause();
         let mut job = Job::stored(record, base, holder)?;
         let Some(live) = self.wait_until_ready(&plugin, READY_WAIT).await else {
             return Err(format!(
-                "the gateway running the task went away, and plugin {plugin} did not become ready again"
+                "{cause}, and plugin {plugin} did not become ready again"
             ));
         };
         if !live.retry_safe {
-            return Err("the gateway running the task went away; \
-                        the plugin's tasks are not safe to run again"
-                .into());
+            return Err(format!(
+                "{cause}; the plugin's tasks are not safe to run again"
+            ));
         }
         job.counted = false;
-        job.note = Some("re-running: the gateway running the task went away");
+        job.note = Some(match why {
+            TakenUp::Orphan => "re-running: the gateway running the task went away",
+            TakenUp::Stray => "re-running: the task's call was cut off by a database failure",
+        });
         Ok(job)
     }
 

@@ -1202,21 +1202,65 @@ impl Store {
         let mut calls = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id")?;
-            let call = sqlx::query_as(
-                "SELECT t.id, t.plugin, t.base_url, t.attempts, t.inputs, t.state, \
-                 t.state_outputs, LENGTH(t.log) AS log_chars, LENGTH(t.events) AS event_chars, \
-                 s.step_id, s.inputs AS step_inputs FROM tasks t \
-                 LEFT JOIN task_steps s ON s.task_id = t.id AND s.position = \
-                   (SELECT MAX(position) FROM task_steps l WHERE l.task_id = t.id) \
-                 WHERE t.id = $1 AND t.owner = $2 AND t.status = 'PENDING'",
-            )
-            .bind(&id)
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
-            calls.extend(call);
+            calls.extend(self.held_call(&id, owner).await?);
         }
         Ok(calls)
+    }
+
+    /// The call of `owner`'s running task `id`, as the database holds it.
+    async fn held_call(&self, id: &str, owner: &str) -> Result<Option<CallRecord>, StoreError> {
+        let call = sqlx::query_as(
+            "SELECT t.id, t.plugin, t.base_url, t.attempts, t.inputs, t.state, \
+             t.state_outputs, LENGTH(t.log) AS log_chars, LENGTH(t.events) AS event_chars, \
+             s.step_id, s.inputs AS step_inputs FROM tasks t \
+             LEFT JOIN task_steps s ON s.task_id = t.id AND s.position = \
+               (SELECT MAX(position) FROM task_steps l WHERE l.task_id = t.id) \
+             WHERE t.id = $1 AND t.owner = $2 AND t.status = 'PENDING'",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(call)
+    }
+
+    /// The running tasks held by lease `owner` (no step waits) last changed
+    /// before `before` (Unix ms): those whose call this gateway no longer
+    /// runs are strays (see [`Store::retake`]).
+    pub async fn held_before(&self, owner: &str, before: i64) -> Result<Vec<String>, StoreError> {
+        let ids = sqlx::query_scalar(
+            "SELECT t.id FROM tasks t WHERE t.owner = $1 AND t.status = 'PENDING' \
+             AND t.updated_at < $2 AND NOT EXISTS \
+               (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0)",
+        )
+        .bind(owner)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    /// Takes up again a running task of lease `owner` whose call no process
+    /// runs: a write whose answer was lost (the database went away as it
+    /// committed) left it claimed with nobody on it. `None` when it is no
+    /// longer a running task of that live lease.
+    pub async fn retake(&self, id: &str, owner: &str) -> Result<Option<CallRecord>, StoreError> {
+        let now = self.sql.now;
+        let taken = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE tasks SET updated_at = $3 WHERE id = $1 AND owner = $2 \
+             AND status = 'PENDING' AND NOT EXISTS \
+               (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
+             AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $2 AND g.expires_at > {now})"
+        )))
+        .bind(id)
+        .bind(owner)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        if taken.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.held_call(id, owner).await
     }
 
     /// Per plugin identifier, how many unfinished tasks wait for a step and

@@ -230,6 +230,7 @@ pub(crate) async fn process(
     let base_url = base.absolute("");
     // Finished even if the client goes away: a committed task always gets its runner.
     tokio::spawn(async move {
+        let _taking = state.runner.taking(&job.task_id);
         state
             .store
             .create_task(

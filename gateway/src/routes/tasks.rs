@@ -567,6 +567,7 @@ pub(crate) async fn step(
             let task_url = base.absolute(&format!("/tasks/{task_id}/"));
             let (task, step, step_base) = (task_id.clone(), step_id.clone(), base.clone());
             let taken = tokio::spawn(async move {
+                let _taking = runner.taking(&task);
                 let notices = Notices {
                     task_url: &task_url,
                     events: &[WebhookEvent::Steps.as_str()],
