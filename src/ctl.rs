@@ -33,7 +33,8 @@ pub(crate) struct CtlArgs {
     /// The gateway's URL.
     #[arg(long, env = "CORRAL_GATEWAY", default_value = "http://127.0.0.1:5005")]
     gateway: String,
-    /// Bearer token for the gateway's admin routes (`tasks`).
+    /// Bearer token for the gateway's admin routes (`tasks`, `cancel`,
+    /// `retry`); without it, the admin token (below) is sent.
     #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// File holding the supervisor's admin token (default: admin-token in
@@ -50,15 +51,19 @@ pub(crate) struct CtlArgs {
 
 #[derive(Debug, Subcommand)]
 enum CtlCommand {
-    /// Every plugin: identifier, state, pid, restarts, uptime, last exit.
-    Plugins,
+    /// Every plugin (or the one named: folder or identifier): identifier,
+    /// state, pid, restarts, uptime, last exit.
+    Plugins {
+        /// Only this plugin.
+        name: Option<String>,
+    },
     /// Start a stopped or failed plugin (its manifest is read again).
     Start { plugin: String },
     /// Stop a plugin: SIGTERM, its grace period, SIGKILL.
     Stop { plugin: String },
     /// Restart a plugin.
     Restart { plugin: String },
-    /// A plugin's captured stdout and stderr.
+    /// A plugin's captured stdout and stderr, each line with its time (UTC).
     Logs {
         plugin: String,
         /// Keep following new lines.
@@ -68,17 +73,47 @@ enum CtlCommand {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: u32,
     },
-    /// The newest tasks with their status (needs an admin token).
+    /// Tasks, newest first (admin role).
     Tasks {
+        /// Only this plugin's (its identifier, `hello-world@v0-2-1`).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only these: PENDING, RUNNING, WAITING (for a step), SUCCESS, FAILURE.
+        #[arg(long)]
+        status: Option<String>,
+        /// Created at or after: Unix milliseconds or RFC 3339.
+        #[arg(long)]
+        since: Option<String>,
+        /// Created before: Unix milliseconds or RFC 3339.
+        #[arg(long)]
+        until: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Where the previous page ended (printed under it).
+        #[arg(long)]
+        cursor: Option<String>,
     },
-    /// One task's status; `--follow` streams its events until it ends.
+    /// One task (its id, or its URL as the API hands it out): status, steps,
+    /// outputs and log, and with the admin role its inputs, attempts, host and
+    /// gateway; `--follow` streams its events until it ends.
     Task {
-        id: String,
+        /// The task's id or URL.
+        task: String,
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Cancel an unfinished task: it ends FAILURE "cancelled by …" and its
+    /// plugin's call is cancelled (admin role).
+    Cancel {
+        /// The task's id or URL.
+        task: String,
+    },
+    /// Run an ended task again: a new task with the same plugin and inputs,
+    /// linked to it (admin role).
+    Retry {
+        /// The task's id or URL.
+        task: String,
     },
     /// Drain the supervisor's host: gateways send it no new task, its running
     /// tasks finish (`--undo` takes tasks again).
@@ -93,14 +128,20 @@ enum CtlCommand {
 
 pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     match &args.command {
-        CtlCommand::Plugins => {
-            let plugins = admin(&args)
+        CtlCommand::Plugins { name } => {
+            let mut plugins = admin(&args)
                 .await?
                 .list_plugins(ListPluginsRequest {})
                 .await
                 .map_err(status_error)?
                 .into_inner()
                 .plugins;
+            if let Some(name) = name {
+                plugins.retain(|plugin| plugin.plugin == *name || plugin.identifier == *name);
+                if plugins.is_empty() {
+                    bail!("no plugin {name}: `corral ctl plugins` lists them");
+                }
+            }
             let tasks = unfinished_tasks(&args).await;
             if args.json {
                 let plugins: Vec<Value> = plugins
@@ -165,7 +206,10 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                                "timestampMs": line.timestamp_ms, "text": line.text})
                     )
                 } else {
-                    writeln!(out, "[{} {}] {}", line.pid, line.stream, line.text)
+                    let time = std::time::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(line.timestamp_ms).unwrap_or(0));
+                    let time = humantime::format_rfc3339_millis(time);
+                    writeln!(out, "{time} [{} {}] {}", line.pid, line.stream, line.text)
                 };
                 // A closed pipe (`| head`) ends the command quietly.
                 if written.and_then(|()| out.flush()).is_err() {
@@ -174,17 +218,37 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CtlCommand::Tasks { limit } => {
+        CtlCommand::Tasks {
+            plugin,
+            status,
+            since,
+            until,
+            limit,
+            cursor,
+        } => {
+            let limit = limit.to_string();
+            let query: Vec<(&str, &str)> = [
+                ("plugin", plugin.as_deref()),
+                ("status", status.as_deref()),
+                ("since", since.as_deref()),
+                ("until", until.as_deref()),
+                ("limit", Some(limit.as_str())),
+                ("cursor", cursor.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect();
             let url = format!(
-                "{}/admin/tasks/?limit={limit}",
-                args.gateway.trim_end_matches('/')
+                "{}/admin/tasks/?{}",
+                args.gateway.trim_end_matches('/'),
+                serde_urlencoded::to_string(query).context("a filter cannot be sent")?
             );
             let body = get_json(&args, &url).await?;
             if args.json {
-                return print_json(&body["tasks"]);
+                return print_json(&body);
             }
             let mut rows = vec![
-                ["TASK", "PLUGIN", "STATUS", "CREATED"]
+                ["TASK", "PLUGIN", "STATUS", "PHASE", "ATTEMPTS", "CREATED"]
                     .map(String::from)
                     .to_vec(),
             ];
@@ -193,10 +257,44 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     text(&task["id"]),
                     text(&task["plugin"]),
                     text(&task["status"]),
+                    dash(&text(&task["phase"])),
+                    task["attempts"].to_string(),
                     age(task["createdAt"].as_i64()),
                 ]);
             }
-            print_table(&rows)
+            print_table(&rows)?;
+            if let Some(next) = body["next"].as_str()
+                && let Some((_, cursor)) = next.rsplit_once("cursor=")
+            {
+                say!("more: --cursor {cursor}");
+            }
+            Ok(())
+        }
+        CtlCommand::Cancel { task } => {
+            let url = admin_task_url(&args, task)?;
+            let body = send_json(&args, reqwest::Method::POST, &format!("{url}cancel/")).await?;
+            if args.json {
+                return print_json(&body);
+            }
+            say!("{}: {}", text(&body["id"]), text(&body["status"]));
+            if let Some(reason) = text(&body["log"]).lines().last() {
+                say!("{reason}");
+            }
+            Ok(())
+        }
+        CtlCommand::Retry { task } => {
+            let url = admin_task_url(&args, task)?;
+            let body = send_json(&args, reqwest::Method::POST, &format!("{url}retry/")).await?;
+            if args.json {
+                return print_json(&body);
+            }
+            say!(
+                "{} retries {}: {}",
+                text(&body["id"]),
+                text(&body["retryOf"]),
+                text(&body["href"])
+            );
+            Ok(())
         }
         CtlCommand::Drain { undo } => {
             let answer = admin(&args)
@@ -269,16 +367,45 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
             print_table(&gateways)
         }
-        CtlCommand::Task { id, follow } => {
-            let task_url = format!("{}/tasks/{id}/", args.gateway.trim_end_matches('/'));
+        CtlCommand::Task { task, follow } => {
+            let task_url = task_url(&args, task)?;
             if *follow {
                 return follow_task(&args, &task_url).await;
             }
-            let body = get_json(&args, &task_url).await?;
+            // With the admin role the operator's detail, else the public view.
+            let detail =
+                match send_json(&args, reqwest::Method::GET, &admin_task_url(&args, task)?).await {
+                    Ok(detail) => Some(detail),
+                    Err(_) => None,
+                };
+            let body = match detail {
+                Some(detail) => detail,
+                None => get_json(&args, &task_url).await?,
+            };
             if args.json {
                 return print_json(&body);
             }
             say!("status: {}", text(&body["status"]));
+            if body.get("attempts").is_some() {
+                say!("plugin: {}", text(&body["plugin"]));
+                say!("phase: {}", dash(&text(&body["phase"])));
+                say!("attempts: {}", body["attempts"]);
+                say!("created: {}", time_of(body["createdAt"].as_i64()));
+                if let Some(finished) = body["finishedAt"].as_i64() {
+                    say!("finished: {}", time_of(Some(finished)));
+                }
+                say!("host: {}", dash(&text(&body["host"])));
+                say!("gateway: {}", dash(&text(&body["owner"]["url"])));
+                if let Some(retry_of) = body["retryOf"].as_str() {
+                    say!("retry of: {retry_of}");
+                }
+                for retry in body["retries"].as_array().into_iter().flatten() {
+                    say!("retried as: {}", text(retry));
+                }
+                for (name, value) in body["inputs"].as_object().into_iter().flatten() {
+                    say!("input: {name} = {}", text(value));
+                }
+            }
             if let Some(progress) = body.get("progress") {
                 say!(
                     "progress: {} of {} {}",
@@ -315,12 +442,17 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn admin(args: &CtlArgs) -> anyhow::Result<AdminApi> {
-    let path = args.admin_token_file.clone().unwrap_or_else(|| {
+/// Where the admin token is read from.
+fn admin_token_path(args: &CtlArgs) -> std::path::PathBuf {
+    args.admin_token_file.clone().unwrap_or_else(|| {
         std::env::var_os("CORRAL_DATA_DIR")
             .map_or_else(|| "./instance".into(), std::path::PathBuf::from)
             .join("admin-token")
-    });
+    })
+}
+
+async fn admin(args: &CtlArgs) -> anyhow::Result<AdminApi> {
+    let path = admin_token_path(args);
     let token =
         corral_supervisor::admin_token::from_environment_or(&path, false).map_err(|error| {
             anyhow!(
@@ -362,11 +494,75 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("failed to set up the HTTP client")
 }
 
+/// The task's id from its id or from any URL of it the API hands out
+/// (`…/tasks/<id>/`, its events, its admin detail).
+fn task_id(task: &str) -> anyhow::Result<String> {
+    let id = match task.split_once("/tasks/") {
+        Some((_, rest)) => rest.split(['/', '?', '#']).next().unwrap_or_default(),
+        None => task.trim(),
+    };
+    let is_id = id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit());
+    if !is_id {
+        bail!("`{task}` is neither a task id nor a task's URL");
+    }
+    Ok(id.to_ascii_lowercase())
+}
+
+/// The task's URL: the one given (it names its gateway), or the id's on
+/// `--gateway`.
+fn task_url(args: &CtlArgs, task: &str) -> anyhow::Result<String> {
+    let id = task_id(task)?;
+    if task.starts_with("http://") || task.starts_with("https://") {
+        let (base, _) = task.split_once("/tasks/").unwrap_or((task, ""));
+        let base = base.trim_end_matches("/admin");
+        return Ok(format!("{base}/tasks/{id}/"));
+    }
+    Ok(format!(
+        "{}/tasks/{id}/",
+        args.gateway.trim_end_matches('/')
+    ))
+}
+
+/// The task's admin URL (`…/admin/tasks/<id>/`).
+fn admin_task_url(args: &CtlArgs, task: &str) -> anyhow::Result<String> {
+    let url = task_url(args, task)?;
+    let (base, rest) = url.rsplit_once("/tasks/").unwrap_or((&url, ""));
+    Ok(format!("{base}/admin/tasks/{rest}"))
+}
+
+/// The bearer token for the gateway: `--token`, else the admin token when it
+/// can be read (the operator of a local `corral serve` needs nothing more).
+fn bearer(args: &CtlArgs) -> Option<String> {
+    if let Some(token) = &args.token {
+        return Some(token.clone());
+    }
+    corral_supervisor::admin_token::from_environment_or(&admin_token_path(args), false).ok()
+}
+
 /// GETs `url` from the gateway with the token; a refusal or an error status is
 /// one readable error.
 async fn gateway_get(args: &CtlArgs, url: &str) -> anyhow::Result<reqwest::Response> {
-    let mut request = http_client()?.get(url);
-    if let Some(token) = &args.token {
+    gateway_request(args, reqwest::Method::GET, url).await
+}
+
+/// Sends `method` to `url` and reads the JSON answer.
+async fn send_json(args: &CtlArgs, method: reqwest::Method, url: &str) -> anyhow::Result<Value> {
+    gateway_request(args, method, url)
+        .await?
+        .json()
+        .await
+        .context("the gateway answered something that is not JSON")
+}
+
+/// A request to the gateway with the token; a refusal or an error status is
+/// one readable error.
+async fn gateway_request(
+    args: &CtlArgs,
+    method: reqwest::Method,
+    url: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = http_client()?.request(method, url);
+    if let Some(token) = bearer(args) {
         request = request.bearer_auth(token);
     }
     let response = request.send().await.map_err(|error| {
@@ -686,4 +882,13 @@ fn age(millis: Option<i64>) -> String {
         "{} ago",
         humantime::format_duration(Duration::from_secs(seconds))
     )
+}
+
+/// Unix milliseconds as an RFC 3339 time (UTC, to the second).
+fn time_of(millis: Option<i64>) -> String {
+    let Some(millis) = millis.and_then(|millis| u64::try_from(millis).ok()) else {
+        return "-".into();
+    };
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(millis);
+    humantime::format_rfc3339_seconds(time).to_string()
 }

@@ -51,10 +51,91 @@ enum Command {
     Envs(EnvsArgs),
     /// Print the REST API's OpenAPI document (as `/api-spec.json` serves it).
     ApiSpec,
+    /// Print a shell completion script (`corral completions bash >
+    /// /etc/bash_completion.d/corral`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page, roff (`corral man > corral.1; man ./corral.1`).
+    Man,
+    /// Check a running Corral, for container health checks: exit 0 when it
+    /// answers healthy, else 1 with one line saying why.
+    Health(HealthArgs),
     /// Run a program confined (Landlock) to the given paths: how the supervisor
     /// starts each plugin.
     #[command(hide = true)]
     Confine(ConfineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// The gateway URL to GET (`…/ready` for readiness).
+    #[arg(long, default_value = "http://127.0.0.1:5005/health")]
+    url: String,
+    /// Check a supervisor instead: its gRPC URL (grpc.health.v1).
+    #[arg(long, conflicts_with = "url")]
+    grpc: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    timeout: std::time::Duration,
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is no error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("failed to write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The innermost cause of an error, the one a person can act on.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// `corral health`: one request; its answer decides.
+async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.grpc {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("invalid supervisor URL `{url}`"))?
+            .connect_timeout(args.timeout)
+            .timeout(args.timeout);
+        let channel = endpoint.connect().await.map_err(|error| {
+            anyhow::anyhow!(
+                "cannot reach the supervisor at {url}: {}",
+                root_cause(&error)
+            )
+        })?;
+        let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map_err(|status| anyhow::anyhow!("{url}: {}", status.message()))?
+            .into_inner();
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+        anyhow::ensure!(
+            answer.status == serving as i32,
+            "{url}: not serving (status {})",
+            answer.status
+        );
+        return Ok(());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .build()
+        .context("failed to set up the HTTP client")?;
+    let response =
+        client.get(&args.url).send().await.map_err(|error| {
+            anyhow::anyhow!("cannot reach {}: {}", args.url, root_cause(&error))
+        })?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{}: {status}", args.url);
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -486,7 +567,12 @@ fn main() -> ExitCode {
     };
     let default_level = if matches!(
         cli.command,
-        Command::Ctl(_) | Command::Envs(_) | Command::ApiSpec
+        Command::Ctl(_)
+            | Command::Envs(_)
+            | Command::ApiSpec
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Health(_)
     ) {
         "warn"
     } else {
@@ -525,6 +611,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", corral_gateway::openapi::document_json());
             Ok(())
         }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut script);
+            print_all(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("failed to render the manual page")?;
+            print_all(&page)
+        }
+        Command::Health(args) => health(args).await,
         // `corral confine …` is run by `main` before anything starts; with a
         // global flag before it, it is not the supervisor's trampoline.
         Command::Confine(_) => anyhow::bail!("`corral confine` cannot run here"),

@@ -247,6 +247,7 @@ async fn store_one(store: Store, fence: Fence) -> Result<(Store, Fence)> {
             "http://127.0.0.1",
             &[],
             &fence.owner,
+            None,
         )
         .await?;
     let mut batch = Batch::default();

@@ -1,8 +1,10 @@
-//! Bearer tokens (JWT): HS256 with a shared secret, or RS256/ES256 with a public
-//! key. The contract's routes are open unless `--require-auth`; routes that
-//! change plugins always need a token with the admin role.
+//! Bearer tokens: JWTs (HS256 with a shared secret, or RS256/ES256 with a
+//! public key), and the operator's admin token (the `admin-token` file in the
+//! data directory, owner-only; the supervisor's token), which stands for the
+//! admin role. The contract's routes are open unless `--require-auth`; the
+//! admin routes always need the admin role.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -12,6 +14,7 @@ use axum::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -25,6 +28,8 @@ pub struct AuthConfig {
     pub require_auth: bool,
     /// The role that may change plugins.
     pub admin_role: String,
+    /// The operator's admin token: it stands for the admin role.
+    operator_token: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -63,8 +68,18 @@ impl Default for AuthConfig {
             issuer: None,
             require_auth: false,
             admin_role: "admin".into(),
+            operator_token: None,
         }
     }
+}
+
+/// Who a request's token says it is: set on the request by the admin layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// Its roles.
+    roles: HashSet<String>,
+    /// Who it is, for logs and reasons: the token's `sub`, or the operator.
+    pub(crate) name: String,
 }
 
 impl AuthConfig {
@@ -100,17 +115,19 @@ impl AuthConfig {
             issuer,
             require_auth,
             admin_role,
+            operator_token: None,
         })
     }
 
-    /// Checks the request's bearer token; returns its roles.
-    fn verify(&self, request: &Request) -> Result<HashSet<String>, ApiError> {
-        let Some((key, algorithm)) = &self.key else {
-            return Err(ApiError::Unauthorized(
-                "No token key is configured: start the gateway with a JWT secret or public key."
-                    .into(),
-            ));
-        };
+    /// These settings, taking `token` (the operator's admin token) for the
+    /// admin role as well.
+    pub fn with_operator_token(mut self, token: &str) -> Self {
+        self.operator_token = Some(token.as_bytes().into());
+        self
+    }
+
+    /// Checks the request's bearer token; returns who it is.
+    fn verify(&self, request: &Request) -> Result<Caller, ApiError> {
         let header = request
             .headers()
             .get(AUTHORIZATION)
@@ -120,6 +137,21 @@ impl AuthConfig {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| ApiError::Unauthorized("A bearer token is required.".into()))?;
+        if let Some(operator) = &self.operator_token
+            && bool::from(operator.as_ref().ct_eq(token.as_bytes()))
+        {
+            return Ok(Caller {
+                roles: HashSet::from([self.admin_role.clone()]),
+                name: "the operator (admin token)".into(),
+            });
+        }
+        let Some((key, algorithm)) = &self.key else {
+            return Err(ApiError::Unauthorized(
+                "The token is not the admin token (the `admin-token` file in the data directory), \
+                 and no JWT key is configured (a JWT secret or public key)."
+                    .into(),
+            ));
+        };
         // Only the configured algorithm is accepted: `alg: none` and algorithm
         // confusion are refused by construction.
         let mut validation = Validation::new(*algorithm);
@@ -143,7 +175,13 @@ impl AuthConfig {
                 ApiError::Unauthorized(format!("Invalid token: {}.", describe(&error)))
             })?
             .claims;
-        Ok(claims.roles())
+        Ok(Caller {
+            name: claims
+                .sub
+                .clone()
+                .unwrap_or_else(|| "a token without a subject".into()),
+            roles: claims.roles(),
+        })
     }
 }
 
@@ -153,6 +191,8 @@ struct Claims {
     roles: Vec<String>,
     #[serde(default)]
     role: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
 }
 
 impl Claims {
@@ -188,14 +228,18 @@ pub(crate) async fn require_token(
     next.run(request).await
 }
 
-/// Layer for the admin routes: a valid token with the admin role, always.
+/// Layer for the admin routes: the admin token or a valid token with the
+/// admin role, always; the handlers find the [`Caller`] on the request.
 pub(crate) async fn require_admin(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     match state.auth.verify(&request) {
-        Ok(roles) if roles.contains(&state.auth.admin_role) => next.run(request).await,
+        Ok(caller) if caller.roles.contains(&state.auth.admin_role) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Ok(_) => ApiError::Forbidden(format!(
             "The token lacks the `{}` role.",
             state.auth.admin_role

@@ -210,7 +210,13 @@ impl RunningGateway {
             store,
             directory,
             runner,
-            auth: Arc::new(config.auth.clone()),
+            // The operator's admin token (the supervisors') stands for the admin role.
+            auth: Arc::new(
+                config
+                    .auth
+                    .clone()
+                    .with_operator_token(&config.supervisor_token),
+            ),
         };
         tokio::spawn(state.runner.clone().adopt_orphans(config.lease.renew_every));
         tokio::spawn(shared_files::sweep(

@@ -641,10 +641,60 @@ impl Runner {
                 self.store.write(task_id, &job.claim.fence, &batch)
             })
             .await?;
-        if let Some(count) = written {
-            self.publish(task_id, numbered(events, count));
+        match written {
+            Some(count) => self.publish(task_id, numbered(events, count)),
+            // Ended from outside (an operator cancelled it on another
+            // gateway): the plugin's call stops.
+            None => {
+                if let Some(call) = self.lock_running().get(task_id) {
+                    call.cancel.cancel();
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Ends an unfinished task, running or waiting, wherever it runs: it ends
+    /// `FAILURE` with `reason` at once, and its call (if it runs here) is
+    /// cancelled, so its plugin sees the cancellation; a call on another
+    /// gateway stops at its next write. Whether this ended it (false: it had
+    /// ended already).
+    pub(crate) async fn cancel(
+        &self,
+        task_id: &str,
+        reason: &str,
+        base: &BaseUrl,
+    ) -> Result<bool, StoreError> {
+        let mut pending = Pending::default();
+        pending.reason(reason);
+        pending.arrived(TaskEvent::status(TaskStatus::Failure.as_str()));
+        let (batch, events) = pending.take();
+        let task_url = base.absolute(&format!("/tasks/{task_id}/"));
+        let notices = Notices {
+            task_url: &task_url,
+            events: &[
+                WebhookEvent::Status.as_str(),
+                WebhookEvent::Details.as_str(),
+            ],
+        };
+        let fence = crate::store::Fence::operator();
+        let Some(record) = self
+            .store
+            .finish(task_id, &fence, TaskStatus::Failure, &batch, notices)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
+        self.metrics
+            .task_finished(&record.plugin, TaskStatus::Failure.as_str(), seconds);
+        if let Some(call) = self.lock_running().get(task_id) {
+            call.cancel.cancel();
+        }
+        tracing::info!(task = %task_id, %reason, "task cancelled");
+        self.live
+            .finish(task_id, numbered(events, record.event_count).collect());
+        Ok(true)
     }
 
     fn publish(&self, task_id: &str, events: impl Iterator<Item = LiveEvent>) {
@@ -663,6 +713,7 @@ impl Runner {
         if self.shutdown.is_cancelled() || cancel.is_cancelled() {
             return Ok(Outcome::Interrupted);
         }
+        pending.batch.host = Some(live.host_url.clone());
         let (step_id, step_inputs) = match &job.call {
             Call::Start => (String::new(), BTreeMap::new()),
             Call::Step { id, inputs } => (id.clone(), inputs.clone()),

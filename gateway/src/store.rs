@@ -264,13 +264,18 @@ const BATCH_COLUMNS: &str = "log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN
          progress_target = COALESCE($6, progress_target), \
          progress_unit = COALESCE($7, progress_unit), updated_at = $8, \
          events = events || $9, event_count = event_count + $10, \
-         state = COALESCE($11, state), state_outputs = COALESCE($12, state_outputs)";
+         state = COALESCE($11, state), state_outputs = COALESCE($12, state_outputs), \
+         host = COALESCE($15, host)";
 
 /// The condition every write of a running task adds: the task is the
 /// fence's (owner $13, attempt $14, or any attempt when $14 is negative) and
-/// the owner's lease is live by the database's clock (`{now}`).
-const FENCED: &str = "owner = $13 AND ($14 < 0 OR attempts = $14) AND EXISTS \
-                      (SELECT 1 FROM gateways g WHERE g.id = $13 AND g.expires_at > {now})";
+/// the owner's lease is live by the database's clock (`{now}`); or the write
+/// is an operator's ($14 is [`OPERATOR`]), which may end any unfinished task.
+const FENCED: &str = "($14 = -2 OR (owner = $13 AND ($14 < 0 OR attempts = $14) AND EXISTS \
+                      (SELECT 1 FROM gateways g WHERE g.id = $13 AND g.expires_at > {now})))";
+
+/// The attempt of [`Fence::operator`] (it appears as such in [`FENCED`]).
+const OPERATOR: i64 = -2;
 
 /// Who may write a running task: the gateway whose lease runs its call, and
 /// which run of the call (negative: any, for an end from outside the call).
@@ -280,6 +285,17 @@ pub struct Fence {
     pub owner: Arc<str>,
     /// The task's `attempts` when the call began its run.
     pub attempt: i64,
+}
+
+impl Fence {
+    /// An operator's: ends any unfinished task, running or waiting, whoever
+    /// runs it (see [`FENCED`]).
+    pub fn operator() -> Self {
+        Self {
+            owner: "".into(),
+            attempt: OPERATOR,
+        }
+    }
 }
 
 /// The statements that depend on the database's dialect: its clock, and the
@@ -326,16 +342,18 @@ impl Statements {
                  AND status = 'PENDING' AND {fence} RETURNING event_count"
             ),
             // A task waiting for a step has no call that could end it: an end
-            // racing the step's commit (a shutdown's) leaves it waiting.
+            // racing the step's commit (a shutdown's) leaves it waiting. Only
+            // an operator ends a waiting task.
             end: format!(
-                "UPDATE tasks SET status = $15, finished_at = $8, {BATCH_COLUMNS} \
-                 WHERE id = $1 AND status = 'PENDING' AND {fence} AND NOT EXISTS \
-                 (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
+                "UPDATE tasks SET status = $16, finished_at = $8, {BATCH_COLUMNS} \
+                 WHERE id = $1 AND status = 'PENDING' AND {fence} AND ($14 = -2 OR NOT EXISTS \
+                 (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0)) \
                  RETURNING plugin, created_at, event_count"
             ),
             create: format!(
                 "INSERT INTO tasks (id, plugin, status, log, inputs, base_url, attempts, \
-                 created_at, updated_at, owner) SELECT $1, $2, 'PENDING', '', $3, $4, 1, $5, $5, $6 \
+                 created_at, updated_at, owner, retry_of) \
+                 SELECT $1, $2, 'PENDING', '', $3, $4, 1, $5, $5, $6, $7 \
                  WHERE EXISTS (SELECT 1 FROM gateways g WHERE g.id = $6 AND g.expires_at > {now})"
             ),
             begin_attempt: format!(
@@ -369,7 +387,7 @@ impl Statements {
 }
 
 /// How many parameters [`Batch::update`] binds.
-const BATCH_VALUES: usize = 14;
+const BATCH_VALUES: usize = 15;
 /// The first parameter of the file rows of [`end_in_one_statement`]: after
 /// the batch's, the status, the task URL and the notices' position.
 const FIRST_FILE_PARAMETER: usize = BATCH_VALUES + 4;
@@ -394,6 +412,9 @@ pub struct Batch {
     pub event_count: i64,
     /// A new state to continue from, and the task's output count with it.
     pub state: Option<(String, i64)>,
+    /// The plugin host the call runs on (its supervisor's URL), written with
+    /// the call's first batch.
+    pub host: Option<Arc<str>>,
 }
 
 impl Batch {
@@ -424,7 +445,8 @@ impl Batch {
     /// `sql` with its parameters bound: $1 the id, $2 the new log lines, $3
     /// the same after a line end, $4 to $7 the progress (NULL: unchanged), $8
     /// the time, $9 and $10 the events and their count, $11 and $12 the state
-    /// and its output count (NULL: unchanged), $13 and $14 the fence.
+    /// and its output count (NULL: unchanged), $13 and $14 the fence, $15
+    /// the host (NULL: unchanged).
     fn update<'q>(
         &'q self,
         sql: impl sqlx::SqlSafeStr,
@@ -454,11 +476,12 @@ impl Batch {
             .bind(state.map(|(_, outputs)| *outputs))
             .bind(&*fence.owner)
             .bind(fence.attempt)
+            .bind(self.host.as_deref())
     }
 }
 
-/// One line of a task listing.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One line of an operator's task listing.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSummary {
     /// The task id.
@@ -467,11 +490,74 @@ pub struct TaskSummary {
     pub plugin: String,
     /// `PENDING`, `SUCCESS` or `FAILURE`.
     pub status: String,
+    /// Of a `PENDING` task: `running` (a call runs) or `waiting` (for a step).
+    pub phase: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// Unix milliseconds of the last change.
+    pub updated_at: i64,
     /// Unix milliseconds, when finished.
     pub finished_at: Option<i64>,
+    /// Runs of the task's calls so far.
+    pub attempts: i64,
+    /// The task this one retries.
+    pub retry_of: Option<String>,
+    /// The plugin host (supervisor URL) its last call ran on.
+    pub host: Option<String>,
+    /// The lease of the gateway running its call (`NULL` while it waits).
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
+
+/// Which tasks an operator lists; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// One plugin identifier.
+    pub plugin: Option<String>,
+    pub status: Option<StatusFilter>,
+    /// Created at or after (Unix ms).
+    pub since: Option<i64>,
+    /// Created before (Unix ms).
+    pub until: Option<i64>,
+    /// Only tasks listed after this one (created at, id): the next page.
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+/// A status filter: the contract's three, or a `PENDING` task's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Pending,
+    Running,
+    Waiting,
+    Success,
+    Failure,
+}
+
+impl std::str::FromStr for StatusFilter {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        Ok(match text.to_ascii_uppercase().as_str() {
+            "PENDING" => Self::Pending,
+            "RUNNING" => Self::Running,
+            "WAITING" => Self::Waiting,
+            "SUCCESS" => Self::Success,
+            "FAILURE" => Self::Failure,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// The columns of a [`TaskSummary`], from `tasks t`.
+const SUMMARY_COLUMNS: &str = "t.id, t.plugin, t.status, t.created_at, t.updated_at, \
+     t.finished_at, t.attempts, t.retry_of, t.host, t.owner, \
+     CASE WHEN t.status <> 'PENDING' THEN NULL WHEN EXISTS \
+       (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0) \
+     THEN 'waiting' ELSE 'running' END AS phase";
+
+/// A waiting task's condition, on `tasks t`.
+const WAITS: &str = "EXISTS (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0)";
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -797,8 +883,9 @@ impl Store {
     }
 
     /// Inserts a new `PENDING` task, its first attempt counted and run by the
-    /// gateway of lease `owner`, and attaches the files uploaded with it, in
-    /// one transaction; committed when this returns.
+    /// gateway of lease `owner` (a retry of task `retry_of`, when given), and
+    /// attaches the files uploaded with it, in one transaction; committed when
+    /// this returns.
     pub async fn create_task(
         &self,
         id: &str,
@@ -807,6 +894,7 @@ impl Store {
         base_url: &str,
         uploads: &[String],
         owner: &str,
+        retry_of: Option<&str>,
     ) -> Result<(), StoreError> {
         let insert = sqlx::query(sqlx::AssertSqlSafe(&*self.sql.create))
             .bind(id)
@@ -814,7 +902,8 @@ impl Store {
             .bind(inputs)
             .bind(base_url)
             .bind(now_millis())
-            .bind(owner);
+            .bind(owner)
+            .bind(retry_of);
         if uploads.is_empty() {
             // One statement: no transaction round trips on the common path.
             return match insert.execute(&self.pool).await?.rows_affected() {
@@ -1417,26 +1506,95 @@ impl Store {
     }
 
     /// The newest tasks: id, plugin, status, created and finished (Unix ms).
-    pub async fn recent_tasks(&self, limit: i64) -> Result<Vec<TaskSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, plugin, status, created_at, finished_at FROM tasks \
-             ORDER BY created_at DESC, id LIMIT $1",
+    /// The tasks `filter` selects, newest first (ties by id), at most its
+    /// limit.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>, StoreError> {
+        enum Value<'a> {
+            Text(&'a str),
+            Number(i64),
+        }
+        /// Adds a value; returns its placeholder.
+        fn parameter<'a>(values: &mut Vec<Value<'a>>, value: Value<'a>) -> String {
+            values.push(value);
+            format!("${}", values.len())
+        }
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<Value<'_>> = Vec::new();
+        if let Some(plugin) = &filter.plugin {
+            let p = parameter(&mut values, Value::Text(plugin));
+            conditions.push(format!("t.plugin = {p}"));
+        }
+        conditions.extend(filter.status.map(|status| match status {
+            StatusFilter::Pending => "t.status = 'PENDING'".to_owned(),
+            StatusFilter::Running => format!("t.status = 'PENDING' AND NOT {WAITS}"),
+            StatusFilter::Waiting => format!("t.status = 'PENDING' AND {WAITS}"),
+            StatusFilter::Success => "t.status = 'SUCCESS'".to_owned(),
+            StatusFilter::Failure => "t.status = 'FAILURE'".to_owned(),
+        }));
+        if let Some(since) = filter.since {
+            let p = parameter(&mut values, Value::Number(since));
+            conditions.push(format!("t.created_at >= {p}"));
+        }
+        if let Some(until) = filter.until {
+            let p = parameter(&mut values, Value::Number(until));
+            conditions.push(format!("t.created_at < {p}"));
+        }
+        if let Some((created_at, id)) = &filter.after {
+            let at = parameter(&mut values, Value::Number(*created_at));
+            let at_again = parameter(&mut values, Value::Number(*created_at));
+            let id = parameter(&mut values, Value::Text(id));
+            conditions.push(format!(
+                "(t.created_at < {at} OR (t.created_at = {at_again} AND t.id < {id}))"
+            ));
+        }
+        let limit = parameter(&mut values, Value::Number(filter.limit));
+        let filtered = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM tasks t {filtered} \
+             ORDER BY t.created_at DESC, t.id DESC LIMIT {limit}"
+        );
+        let mut query = sqlx::query_as::<_, TaskSummary>(sqlx::AssertSqlSafe(sql));
+        for value in values {
+            query = match value {
+                Value::Text(text) => query.bind(text),
+                Value::Number(number) => query.bind(number),
+            };
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    /// One task as an operator's listing shows it.
+    pub async fn task_summary(&self, id: &str) -> Result<Option<TaskSummary>, StoreError> {
+        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM tasks t WHERE t.id = $1");
+        let summary = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(summary)
+    }
+
+    /// The ids of the tasks that retry `id`, oldest first.
+    pub async fn retries_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE retry_of = $1 ORDER BY created_at, id LIMIT 100",
         )
-        .bind(limit)
+        .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(TaskSummary {
-                    id: row.try_get("id")?,
-                    plugin: row.try_get("plugin")?,
-                    status: row.try_get("status")?,
-                    created_at: row.try_get("created_at")?,
-                    finished_at: row.try_get("finished_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(ids)
+    }
+
+    /// A task's plugin and stored inputs (JSON), for a retry.
+    pub async fn task_inputs(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let sql = "SELECT plugin, inputs FROM tasks WHERE id = $1";
+        let Some(row) = self.read_row(sql, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((row.try_get("plugin")?, row.try_get("inputs")?)))
     }
 
     /// A stored file by its public id, with its bytes if they are inline.
@@ -1640,14 +1798,14 @@ fn bind_file<'q>(query: Query<'q>, file: &'q FileRecord) -> Query<'q> {
         .bind(file.inline.as_deref().map(<[u8]>::to_vec))
 }
 
-/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $15), the
-/// notices of the change (task URL $16, first position $17) and the insert of
-/// `outputs` file rows (parameters from $18 on), in one statement; the rows are
+/// PostgreSQL: `end` (an `UPDATE … RETURNING`, parameters $1 to $16), the
+/// notices of the change (task URL $17, first position $18) and the insert of
+/// `outputs` file rows (parameters from $19 on), in one statement; the rows are
 /// inserted only when the update matched.
 fn end_in_one_statement(end: &str, outputs: usize, notices: Notices<'_>) -> String {
     let mut sql = format!("WITH ended AS ({end})");
     if !notices.events.is_empty() {
-        let insert = notices_sql(notices.events, ["$1", "$16", "$17", "$8"], ", ended");
+        let insert = notices_sql(notices.events, ["$1", "$17", "$18", "$8"], ", ended");
         sql.push_str(&format!(", notices_sent AS ({insert} RETURNING 1)"));
     }
     for output in 0..outputs {

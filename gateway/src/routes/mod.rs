@@ -36,6 +36,9 @@ pub(crate) fn router(state: AppState) -> Router {
     // admin role.
     let admin = Router::new()
         .route("/admin/tasks/", get(admin::tasks))
+        .route("/admin/tasks/{task}/", get(admin::task))
+        .route("/admin/tasks/{task}/cancel/", post(admin::cancel))
+        .route("/admin/tasks/{task}/retry/", post(admin::retry))
         .route("/admin/plugins/{plugin}/{action}/", post(admin::act))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -213,10 +213,29 @@ pub(crate) async fn process(
             return Err(ApiError::Invalid(submitted.location(), errors));
         }
     };
+    if state.runner.lease.holder().is_none() {
+        submitted.discard_uploads(&state).await;
+        return Err(rejoining());
+    }
+    let uploads = submitted.uploads.clone();
+    let task_id = start_task(&state, &live, values, &base, uploads, None).await?;
+    Ok(Redirect::to(&base.absolute(&format!("/tasks/{task_id}/"))).into_response())
+}
+
+/// Starts a task of `live` with its checked `values` (and the files uploaded
+/// with them; a retry of task `retry_of`, when given): committed, and its call
+/// running, when this returns its id.
+pub(crate) async fn start_task(
+    state: &AppState,
+    live: &LivePlugin,
+    values: BTreeMap<String, String>,
+    base: &BaseUrl,
+    uploads: Vec<String>,
+    retry_of: Option<String>,
+) -> Result<String, ApiError> {
     let inputs =
         serde_json::to_string(&values).map_err(|error| ApiError::Internal(Box::new(error)))?;
     let Some(holder) = state.runner.lease.holder() else {
-        submitted.discard_uploads(&state).await;
         return Err(rejoining());
     };
     let job = Job::start(
@@ -226,8 +245,9 @@ pub(crate) async fn process(
         base.clone(),
         &holder,
     );
-    let task_url = base.absolute(&format!("/tasks/{}/", job.task_id));
+    let task_id = job.task_id.clone();
     let base_url = base.absolute("");
+    let state = state.clone();
     // Finished even if the client goes away: a committed task always gets its runner.
     tokio::spawn(async move {
         let _taking = state.runner.taking(&job.task_id);
@@ -238,8 +258,9 @@ pub(crate) async fn process(
                 &job.plugin,
                 &inputs,
                 &base_url,
-                &submitted.uploads,
+                &uploads,
                 &holder.id,
+                retry_of.as_deref(),
             )
             .await?;
         tracing::info!(task = %job.task_id, plugin = %job.plugin, "task created");
@@ -248,7 +269,7 @@ pub(crate) async fn process(
     })
     .await
     .map_err(|error| ApiError::Internal(Box::new(error)))??;
-    Ok(Redirect::to(&task_url).into_response())
+    Ok(task_id)
 }
 
 /// The answer while the gateway has no lease (it lost one and joins again).
@@ -262,7 +283,7 @@ const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ready plugin; a known one that is restarting is waited for (up to
 /// [`RESTART_WAIT`]), so a restart never turns a submission away at once.
-async fn ready_or_restarted(
+pub(crate) async fn ready_or_restarted(
     state: &AppState,
     identifier: &str,
 ) -> Result<Arc<LivePlugin>, ApiError> {
