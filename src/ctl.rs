@@ -142,7 +142,14 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     bail!("no plugin {name}: `corral ctl plugins` lists them");
                 }
             }
-            let tasks = unfinished_tasks(&args).await;
+            let mut tasks = unfinished_tasks(&args).await;
+            if name.is_some()
+                && let Some(tasks) = &mut tasks
+            {
+                // Only the named plugin's counts (not those of identifiers no
+                // plugin serves).
+                tasks.retain(|task| plugins.iter().any(|plugin| task["plugin"] == *plugin.identifier));
+            }
             if args.json {
                 let plugins: Vec<Value> = plugins
                     .iter()
@@ -417,8 +424,10 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             for step in body["steps"].as_array().into_iter().flatten() {
                 let state = if step["cleared"] == true {
                     "done"
-                } else {
+                } else if body["status"] == "PENDING" {
                     "waiting"
+                } else {
+                    "never submitted"
                 };
                 say!(
                     "step: {} ({state}) {}",

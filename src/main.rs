@@ -718,6 +718,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Every setting is checked before anything starts.
     let mut config = args.gateway.config(String::new())?;
+    let token_file = args
+        .supervisor
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| args.gateway.data_dir.join(ADMIN_TOKEN_FILE));
     let supervisor_config = args.supervisor.config(&args.gateway.data_dir)?;
     config.supervisor_token = supervisor_config.admin_token.clone();
     let supervisor = RunningSupervisor::start(&supervisor_config)
@@ -728,8 +733,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let gateway = RunningGateway::start(&config)
         .await
         .context("failed to start the gateway")?;
-    println!("corral supervisor: gRPC listening on {grpc}");
+    announce("corral supervisor: gRPC listening on", &grpc.to_string());
     print_gateway_addresses(gateway.local_addr()?);
+    if std::env::var_os(admin_token::TOKEN_VARIABLE).is_none() {
+        // The operator's key to the admin routes, as Jupyter prints its own.
+        announce(
+            "corral: the admin token (for ctl and the dashboard's tasks) is in",
+            &token_file.display().to_string(),
+        );
+    }
     // The gateway stops first (its tasks need their plugins), then the supervisor.
     let signals = Shutdown::default();
     tokio::spawn(forward_signals(signals.clone()));
@@ -762,7 +774,7 @@ async fn supervisor(args: SupervisorCommandArgs) -> anyhow::Result<()> {
         .await
         .context("failed to start the supervisor")?;
     let bound = running.local_addr();
-    println!("corral supervisor: gRPC listening on {bound}");
+    announce("corral supervisor: gRPC listening on", &bound.to_string());
     let shutdown = Shutdown::default();
     if let Some(redis_url) = args.redis_url {
         let url = match args.advertise_url {
@@ -790,9 +802,23 @@ async fn supervisor(args: SupervisorCommandArgs) -> anyhow::Result<()> {
 
 /// Where to point a browser or a client (the tests read the first line).
 fn print_gateway_addresses(address: SocketAddr) {
-    println!("corral gateway: HTTP listening on http://{address}");
-    println!("corral gateway: dashboard on http://{address}/dashboard/");
-    println!("corral gateway: API description on http://{address}/api-docs/");
+    announce("corral gateway: HTTP listening on", &format!("http://{address}"));
+    announce("corral gateway: dashboard on", &format!("http://{address}/dashboard/"));
+    announce("corral gateway: API description on", &format!("http://{address}/api-docs/"));
+}
+
+/// Whether log lines are JSON (set once, as logging starts).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says where something listens: a plain line on stdout (`<what> <where>`,
+/// which scripts read), or with JSON logs a log record like every other,
+/// its address in `url`.
+fn announce(what: &str, url: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(url, "{what} {url}");
+    } else {
+        println!("{what} {url}");
+    }
 }
 
 /// First SIGTERM or Ctrl-C: graceful shutdown. Second: skip the grace periods.
@@ -844,7 +870,10 @@ fn init_tracing(
         .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().init();
+        }
     }
     guard
 }

@@ -101,11 +101,21 @@ pub(crate) async fn spec() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(document())
 }
 
-/// `GET /api-docs/`: Swagger UI, from assets compiled into the binary.
+/// `GET /api-docs/`: Swagger UI, from assets compiled into the binary. On a
+/// phone, wide parts (response tables, examples, models) scroll on their own
+/// rather than the page, and the always empty "Links" column is left out.
 pub(crate) async fn viewer() -> Html<&'static str> {
     Html(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Corral API</title>\
-         <link rel=\"stylesheet\" href=\"swagger-ui.css\"></head><body><div id=\"ui\"></div>\
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Corral API</title>\
+         <link rel=\"stylesheet\" href=\"swagger-ui.css\"><style>body{margin:0}\
+         .swagger-ui .responses-inner,.swagger-ui .table-container,.swagger-ui .model-box,\
+         .swagger-ui .highlight-code{max-width:100%;overflow-x:auto}\
+         @media (max-width:640px){.swagger-ui .wrapper{padding:0 .6rem}\
+         .swagger-ui .information-container .info{margin:1.5rem 0}\
+         .swagger-ui .response-col_links{display:none}\
+         .swagger-ui .opblock .opblock-summary-path{word-break:break-all}}</style>\
+         </head><body><div id=\"ui\"></div>\
          <script src=\"swagger-ui-bundle.js\"></script>\
          <script>window.ui = SwaggerUIBundle({url: '../api-spec.json', dom_id: '#ui'});</script>\
          </body></html>",

@@ -687,7 +687,7 @@ impl Runner {
         };
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
         self.metrics
-            .task_finished(&record.plugin, TaskStatus::Failure.as_str(), seconds);
+            .task_finished(&self.directory.snapshot(), &record.plugin, TaskStatus::Failure.as_str(), seconds);
         if let Some(call) = self.lock_running().get(task_id) {
             call.cancel.cancel();
         }
@@ -738,7 +738,7 @@ impl Runner {
         let mut stream = match answered {
             Ok(response) => {
                 self.metrics
-                    .invoked(&live.identifier, invoked.elapsed().as_secs_f64());
+                    .invoked(&live.identifier, &live.folder, invoked.elapsed().as_secs_f64());
                 response.into_inner()
             }
             Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -916,7 +916,7 @@ impl Runner {
         };
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
         self.metrics
-            .task_finished(&record.plugin, status.as_str(), seconds);
+            .task_finished(&self.directory.snapshot(), &record.plugin, status.as_str(), seconds);
         // A runner still streaming this task (it was ended from outside) stops.
         if let Some(call) = self.lock_running().get(task_id) {
             call.cancel.cancel();

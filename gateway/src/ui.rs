@@ -95,7 +95,12 @@ pub(crate) fn render(page: &Page<'_>) -> String {
     for field in page.fields {
         render_field(&mut html, field, page);
     }
-    html.push_str("<button type=\"submit\">Submit</button></form></main>");
+    // Where a page opened on its own (not in qhana-ui's iframe) shows what
+    // its submission did.
+    html.push_str(
+        "<button type=\"submit\">Submit</button></form>\
+         <div id=\"form-result\" class=\"result\" role=\"status\" aria-live=\"polite\" hidden></div></main>",
+    );
     let _ = write!(html, "<script>{SCRIPT}</script></body></html>");
     html
 }
@@ -310,18 +315,27 @@ pub(crate) fn decode_form(json: &str) -> Vec<FormField> {
         .collect()
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#1d1d1f}\
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;color:#1d1d1f;overflow-wrap:break-word}\
 main{max-width:48rem}h1{font-size:1.4rem;margin:0 0 .5rem}.description{color:#555}\
-.field{display:flex;flex-direction:column;margin:0 0 1rem}label{font-weight:600;margin-bottom:.25rem}\
+.field{display:flex;flex-direction:column;margin:0 0 1rem;min-width:0}label{font-weight:600;margin-bottom:.25rem}\
 input[type=text],input[type=number],input[type=password],input[type=url],textarea,select{padding:.4rem;border:1px solid #bbb;border-radius:4px;font:inherit}\
+input,textarea,select{box-sizing:border-box;max-width:100%}\
 textarea{min-height:6rem}small{color:#666}.invalid input,.invalid textarea,.invalid select{border-color:#c00}\
 .error{color:#c00;margin:.25rem 0 0}button{padding:.5rem 1.2rem;font:inherit;cursor:pointer}\
-.preview{overflow:auto;margin:0 0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}";
+.preview{overflow:auto;margin:0 0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}\
+.result{margin:1rem 0 0;padding:.6rem .8rem;border:1px solid #ccc;border-radius:4px;background:#f7f7f7}\
+.result.failed{border-color:#c00;background:#fff5f5}.result p{margin:0 0 .4rem}.result a{overflow-wrap:anywhere}\
+.result ul{margin:.2rem 0 .4rem;padding-left:1.2rem}.result li{overflow-wrap:anywhere}\
+.result pre{margin:.4rem 0 0;max-height:12rem;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere;\
+font-size:.85rem;background:#fff;border:1px solid #e5e5e5;padding:.4rem}\
+.task-status{font-weight:600}.status-SUCCESS{color:#137333}.status-FAILURE{color:#c5221f}.status-PENDING{color:#b06000}";
 
-/// The micro-frontend side of qhana-ui's `postMessage` protocol.
+/// The micro-frontend side of qhana-ui's `postMessage` protocol; opened on its
+/// own (not in qhana-ui's iframe), the page shows the submission's result itself.
 const SCRIPT: &str = r#"(function () {
   "use strict";
   var state = { preventSubmit: false };
+  var standalone = window.parent === window;
   function send(message) { if (window.parent !== window) { window.parent.postMessage(message, "*"); } }
   function resize() { send({ type: "ui-resize", height: document.documentElement.scrollHeight }); }
   window.addEventListener("message", function (event) {
@@ -337,12 +351,159 @@ const SCRIPT: &str = r#"(function () {
     }
   });
   var form = document.querySelector("form");
+  var result = document.getElementById("form-result");
+
+  // Everything shown comes from the server: text nodes only, never markup.
+  function node(name, text, className) {
+    var element = document.createElement(name);
+    if (text !== undefined && text !== null) { element.textContent = text; }
+    if (className) { element.className = className; }
+    return element;
+  }
+  function link(href, text, className) {
+    var anchor = node("a", text, className);
+    anchor.href = href;
+    return anchor;
+  }
+  function clear(element) { while (element.firstChild) { element.removeChild(element.firstChild); } }
+  function showResult(failed, children) {
+    clear(result);
+    children.forEach(function (child) { result.appendChild(child); });
+    result.className = "result" + (failed ? " failed" : "");
+    result.hidden = false;
+  }
+  function each(selector, action) { Array.prototype.forEach.call(form.querySelectorAll(selector), action); }
+  function clearErrors() {
+    each(".field .error", function (error) { error.parentNode.removeChild(error); });
+    each(".field.invalid", function (field) { field.classList.remove("invalid"); });
+    each("[aria-invalid]", function (input) { input.removeAttribute("aria-invalid"); });
+  }
+  function fieldOf(name) {
+    var input = form.elements.namedItem(name);
+    if (input && !input.tagName && input.length) { input = input[0]; }
+    return input && input.closest ? input.closest(".field") : null;
+  }
+  function labelOf(field, name) {
+    var label = field && field.querySelector("label");
+    return label ? label.textContent.replace(/\s*\*$/, "") : name;
+  }
+
+  // A 422: `errors` by location (form, json, query), then by field.
+  function showInvalid(body) {
+    var locations = (body && body.errors) || {};
+    var summary = node("ul");
+    var count = 0;
+    var first = null;
+    Object.keys(locations).forEach(function (location) {
+      var fields = locations[location] || {};
+      Object.keys(fields).forEach(function (name) {
+        var messages = [].concat(fields[name]).map(String);
+        var field = fieldOf(name);
+        count += 1;
+        if (field) {
+          field.classList.add("invalid");
+          var input = field.querySelector("input, textarea, select");
+          if (input) { input.setAttribute("aria-invalid", "true"); first = first || input; }
+          messages.forEach(function (message) { field.appendChild(node("p", message, "error")); });
+        }
+        summary.appendChild(node("li", labelOf(field, name) + ": " + messages.join(" ")));
+      });
+    });
+    if (count === 0) {
+      showResult(true, [node("p", "The input is not valid: " + ((body && body.message) || "no details"))]);
+      return;
+    }
+    showResult(true, [node("p", count === 1 ? "The input is not valid (1 field):" : "The input is not valid (" + count + " fields):"), summary]);
+    if (first) { first.focus(); }
+  }
+
+  function showTask(view, task) {
+    view.status.textContent = task.status;
+    view.status.className = "task-status status-" + task.status;
+    var lines = String(task.log || "").split("\n").filter(function (line) { return line !== ""; });
+    view.log.textContent = lines.slice(-10).join("\n");
+    view.log.hidden = lines.length === 0;
+    clear(view.more);
+    var waiting = (task.steps || []).filter(function (step) { return !step.cleared; });
+    if (task.status === "PENDING" && waiting.length > 0 && waiting[0].uiHref) {
+      var step = node("p", "It waits for a step: ");
+      step.appendChild(link(waiting[0].uiHref, "open its form", "step-link"));
+      view.more.appendChild(step);
+    }
+    if ((task.outputs || []).length > 0) {
+      var outputs = node("ul", null, "task-outputs");
+      task.outputs.forEach(function (output) {
+        var item = node("li");
+        item.appendChild(link(output.href, output.name || output.dataType || "output"));
+        if (output.contentType) { item.appendChild(document.createTextNode(" (" + output.contentType + ")")); }
+        outputs.appendChild(item);
+      });
+      view.more.appendChild(node("p", "Outputs:"));
+      view.more.appendChild(outputs);
+    }
+  }
+
+  // The task's JSON every second until it is no longer PENDING.
+  function follow(taskUrl, view) {
+    fetch(taskUrl, { cache: "no-store" })
+      .then(function (response) {
+        if (!response.ok) { throw new Error(response.status + " " + response.statusText); }
+        return response.json();
+      })
+      .then(function (task) {
+        showTask(view, task);
+        if (task.status === "PENDING") { setTimeout(function () { follow(taskUrl, view); }, 1000); }
+      })
+      .catch(function (error) {
+        view.status.textContent = "unknown (could not read the task: " + error.message + ")";
+        view.status.className = "task-status";
+      });
+  }
+
+  function started(taskUrl, task, isStep) {
+    var title = node("p", isStep ? "Step submitted, task: " : "Task started: ");
+    title.appendChild(link(taskUrl, taskUrl, "task-link"));
+    var line = node("p", "Status: ");
+    var view = { status: node("span", "…", "task-status"), log: node("pre", "", "task-log"), more: node("div") };
+    view.log.hidden = true;
+    line.appendChild(view.status);
+    showResult(false, [title, line, view.log, view.more]);
+    if (task && typeof task.status === "string") {
+      showTask(view, task);
+      if (task.status === "PENDING") { setTimeout(function () { follow(taskUrl, view); }, 1000); }
+    } else {
+      follow(taskUrl, view);
+    }
+  }
+
+  function submitHere(submitUrl, formData) {
+    var button = form.querySelector("button[type=submit]");
+    var isStep = /-process\/?$/.test(new URL(submitUrl).pathname);
+    clearErrors();
+    if (button) { button.disabled = true; }
+    showResult(false, [node("p", "Submitting…")]);
+    fetch(submitUrl, { method: "POST", body: formData, redirect: "follow" })
+      .then(function (response) {
+        return response.text().then(function (text) {
+          var body = null;
+          try { body = JSON.parse(text); } catch (error) { body = null; }
+          if (response.ok) { started(response.url, body, isStep); return; }
+          if (response.status === 422) { showInvalid(body); return; }
+          var detail = (body && body.message) || text || response.statusText;
+          showResult(true, [node("p", "Could not submit (" + response.status + "): " + detail)]);
+        });
+      })
+      .catch(function (error) { showResult(true, [node("p", "Could not submit: " + error.message)]); })
+      .then(function () { if (button) { button.disabled = false; } });
+  }
+
   if (form) {
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       var submitUrl = new URL(form.dataset.submitUrl, window.location.href).href;
       var hasFiles = form.querySelector("input[type=file]") !== null;
       var formData = hasFiles ? new FormData(form) : new URLSearchParams(new FormData(form));
+      if (standalone && result) { submitHere(submitUrl, formData); return; }
       var dataInputs = Array.prototype.map.call(
         form.querySelectorAll("[data-input-type=data]"), function (input) { return input.name; });
       var message = { type: "form-submit", formData: hasFiles ? null : formData.toString(),

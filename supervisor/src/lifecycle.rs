@@ -940,7 +940,7 @@ impl PluginTask {
             self.after_crash("the process ended before it could be watched".into(), false);
             return;
         };
-        let span = tracing::info_span!("plugin", name = %self.name, pid);
+        let span = tracing::info_span!("plugin", plugin = %self.name, pid);
         if let Some(stdout) = child.stdout.take() {
             logs::capture(
                 stdout,

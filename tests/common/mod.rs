@@ -395,25 +395,41 @@ pub async fn watch_until(
 }
 
 /// A loopback HTTP server whose `GET /gate` answers once per permit given, so
-/// a plugin that reads it goes on when the test says.
+/// a plugin that reads it goes on when the test says. A request whose client
+/// goes away before its answer is counted as abandoned.
 pub struct Gate {
     pub url: String,
     permits: Arc<tokio::sync::Semaphore>,
     arrivals: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    departures: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+/// A request waiting at the gate; dropped unanswered, it says so.
+struct Waiting(Option<tokio::sync::mpsc::UnboundedSender<()>>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(leave) = self.0.take() {
+            let _ = leave.send(());
+        }
+    }
 }
 
 impl Gate {
     pub async fn start() -> Self {
         let permits = Arc::new(tokio::sync::Semaphore::new(0));
         let (arrive, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let (leave, departures) = tokio::sync::mpsc::unbounded_channel();
         let held = permits.clone();
         let app = axum::Router::new().route(
             "/gate",
             axum::routing::get(move || {
-                let (held, arrive) = (held.clone(), arrive.clone());
+                let (held, arrive, leave) = (held.clone(), arrive.clone(), leave.clone());
                 async move {
                     let _ = arrive.send(());
+                    let mut waiting = Waiting(Some(leave));
                     held.acquire().await.unwrap().forget();
+                    waiting.0 = None;
                     "go"
                 }
             }),
@@ -425,7 +441,17 @@ impl Gate {
             url,
             permits,
             arrivals: tokio::sync::Mutex::new(arrivals),
+            departures: tokio::sync::Mutex::new(departures),
         }
+    }
+
+    /// Waits until a request waiting at the gate is abandoned by its client
+    /// (a plugin whose call was cancelled stops reading).
+    pub async fn abandoned(&self) {
+        tokio::time::timeout(DEADLINE, self.departures.lock().await.recv())
+            .await
+            .expect("no request left the gate unanswered")
+            .unwrap();
     }
 
     /// Lets `times` requests through.

@@ -84,6 +84,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dashboard", get(|| async { Redirect::permanent("/dashboard/") }))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        // Every request, routed or not: its metrics and access log line.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
