@@ -148,7 +148,11 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
             {
                 // Only the named plugin's counts (not those of identifiers no
                 // plugin serves).
-                tasks.retain(|task| plugins.iter().any(|plugin| task["plugin"] == *plugin.identifier));
+                tasks.retain(|task| {
+                    plugins
+                        .iter()
+                        .any(|plugin| task["plugin"] == *plugin.identifier)
+                });
             }
             if args.json {
                 let plugins: Vec<Value> = plugins
@@ -380,11 +384,10 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 return follow_task(&args, &task_url).await;
             }
             // With the admin role the operator's detail, else the public view.
-            let detail =
-                match send_json(&args, reqwest::Method::GET, &admin_task_url(&args, task)?).await {
-                    Ok(detail) => Some(detail),
-                    Err(_) => None,
-                };
+            let admin_url = admin_task_url(&args, task)?;
+            let detail = send_json(&args, reqwest::Method::GET, &admin_url)
+                .await
+                .ok();
             let body = match detail {
                 Some(detail) => detail,
                 None => get_json(&args, &task_url).await?,

@@ -802,9 +802,18 @@ async fn supervisor(args: SupervisorCommandArgs) -> anyhow::Result<()> {
 
 /// Where to point a browser or a client (the tests read the first line).
 fn print_gateway_addresses(address: SocketAddr) {
-    announce("corral gateway: HTTP listening on", &format!("http://{address}"));
-    announce("corral gateway: dashboard on", &format!("http://{address}/dashboard/"));
-    announce("corral gateway: API description on", &format!("http://{address}/api-docs/"));
+    announce(
+        "corral gateway: HTTP listening on",
+        &format!("http://{address}"),
+    );
+    announce(
+        "corral gateway: dashboard on",
+        &format!("http://{address}/dashboard/"),
+    );
+    announce(
+        "corral gateway: API description on",
+        &format!("http://{address}/api-docs/"),
+    );
 }
 
 /// Whether log lines are JSON (set once, as logging starts).

@@ -20,6 +20,9 @@ struct Ctl {
     gateway: String,
     /// The gateway's bearer token, given as CORRAL_TOKEN.
     token: Option<String>,
+    /// Whether the admin token can be read (CORRAL_ADMIN_TOKEN), as a local
+    /// operator's can: then ctl sends it to the gateway without a --token.
+    admin_token: bool,
 }
 
 impl Ctl {
@@ -35,11 +38,24 @@ impl Ctl {
             ])
             .args(args)
             .env_remove("CORRAL_TOKEN")
-            .env("CORRAL_ADMIN_TOKEN", common::ADMIN_TOKEN);
+            .env_remove("CORRAL_ADMIN_TOKEN")
+            // No admin-token file there either.
+            .env("CORRAL_DATA_DIR", "/nonexistent");
+        if self.admin_token {
+            command.env("CORRAL_ADMIN_TOKEN", common::ADMIN_TOKEN);
+        }
         if let Some(token) = &self.token {
             command.env("CORRAL_TOKEN", token);
         }
         command
+    }
+
+    /// The same without the admin token.
+    fn without_admin_token(&self) -> Self {
+        Self {
+            admin_token: false,
+            ..self.clone()
+        }
     }
 
     /// The same with the gateway's bearer token.
@@ -100,6 +116,7 @@ async fn start() -> (TestDatabase, Corral, Ctl) {
         supervisor: format!("http://{}", corral.grpc.as_ref().unwrap()),
         gateway: corral.http.clone(),
         token: None,
+        admin_token: true,
     };
     (database, corral, ctl)
 }
@@ -209,8 +226,11 @@ async fn logs_follow_shows_new_lines() {
         serde_json::from_str(&ctl.ok(&["--json", "restart", "hello-world"])).unwrap();
     let pid = restarted["pid"].as_u64().unwrap().to_string();
     let seen = std::iter::from_fn(|| lines.recv_timeout(common::DEADLINE).ok())
-        .find(|line| line.starts_with(&format!("[{pid} stdout]")) && line.contains("serving gRPC"));
-    assert!(seen.is_some());
+        .find(|line| line.contains(&format!(" [{pid} stdout] ")) && line.contains("serving gRPC"));
+    // Each line begins with its time (UTC, RFC 3339).
+    let seen = seen.unwrap();
+    let (time, _) = seen.split_once(' ').unwrap();
+    assert!(time.len() == 24 && time.ends_with('Z'), "{seen}");
     follower.kill().unwrap();
     follower.wait().unwrap();
 }
@@ -233,13 +253,15 @@ async fn tasks_and_a_task_followed_to_its_end() {
         "corral: Task not found."
     );
 
-    // Listing everyone's tasks needs an admin token.
+    // Listing everyone's tasks needs the admin role: a token with it, or the
+    // admin token a local operator can read.
     assert_eq!(
-        ctl.fails(&["tasks"]),
+        ctl.without_admin_token().fails(&["tasks"]),
         "corral: the gateway refused the request (401): A bearer token is required."
     );
+    assert!(ctl.ok(&["tasks"]).starts_with("TASK"));
     let token = common::token(SECRET, &["admin"]);
-    let listed = ctl.with_token(&token).ok(&["tasks"]);
+    let listed = ctl.without_admin_token().with_token(&token).ok(&["tasks"]);
     assert!(
         listed.lines().next().unwrap().starts_with("TASK"),
         "{listed}"
@@ -252,8 +274,8 @@ async fn tasks_and_a_task_followed_to_its_end() {
     );
     let listed: Value =
         serde_json::from_str(&ctl.with_token(&token).ok(&["--json", "tasks"])).unwrap();
-    assert_eq!(listed[0]["id"], task_id);
-    assert_eq!(listed[0]["plugin"], "hello-world@v0-2-1");
+    assert_eq!(listed["tasks"][0]["id"], task_id);
+    assert_eq!(listed["tasks"][0]["plugin"], "hello-world@v0-2-1");
 
     // --follow streams a multi-step task until it ends.
     let task_url = corral
@@ -298,6 +320,7 @@ fn servers_that_are_down_give_one_clear_line() {
         supervisor: "http://127.0.0.1:9".into(),
         gateway: "http://127.0.0.1:9".into(),
         token: None,
+        admin_token: true,
     };
     let line = ctl.fails(&["plugins"]);
     assert!(
@@ -327,9 +350,10 @@ async fn a_refused_token_gives_one_clear_line() {
         supervisor: format!("http://{}", corral.grpc.as_ref().unwrap()),
         gateway: corral.http.clone(),
         token: None,
+        admin_token: true,
     };
     assert_eq!(
-        ctl.fails(&["tasks"]),
+        ctl.without_admin_token().fails(&["tasks"]),
         "corral: the gateway refused the request (401): A bearer token is required."
     );
     assert_eq!(

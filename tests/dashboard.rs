@@ -164,12 +164,12 @@ impl Driver {
     /// makes no window narrower than 500 px, so the size is emulated.
     async fn viewport(&self, width: u32, height: u32) {
         let mobile = width < 700;
+        let scale = if mobile { 2 } else { 1 };
         self.call(
             reqwest::Method::POST,
             "/goog/cdp/execute",
             json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
-                "width": width, "height": height, "mobile": mobile,
-                "deviceScaleFactor": if mobile { 2 } else { 1 },
+                "width": width, "height": height, "mobile": mobile, "deviceScaleFactor": scale,
             }}),
         )
         .await;
@@ -255,12 +255,9 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .collect();
     let mut bytes = Vec::with_capacity(digits.len() / 4 * 3 + 2);
     for group in digits.chunks(4) {
-        let bits = group
-            .iter()
-            .enumerate()
-            .fold(0u32, |bits, (index, digit)| {
-                bits | (value(*digit) << (18 - 6 * index))
-            });
+        let bits = group.iter().enumerate().fold(0u32, |bits, (index, digit)| {
+            bits | (value(*digit) << (18 - 6 * index))
+        });
         // Two digits make one byte, three two, four three.
         for index in 0..group.len() - 1 {
             bytes.push(bits.to_be_bytes()[1 + index]);
@@ -385,7 +382,10 @@ async fn the_dashboard_and_the_api_docs_fit_a_phone_and_a_desktop() {
     let task_url = corral
         .submit(
             "hello-world@v0-2-1",
-            &[("inputStr", "an input long enough to wrap on a phone's screen")],
+            &[(
+                "inputStr",
+                "an input long enough to wrap on a phone's screen",
+            )],
         )
         .await;
     corral.finished(&task_url).await;
@@ -444,7 +444,9 @@ async fn the_dashboard_and_the_api_docs_fit_a_phone_and_a_desktop() {
         driver
             .until(
                 "every operation open",
-                &format!("return document.querySelectorAll('.opblock.is-open').length === {operations};"),
+                &format!(
+                    "return document.querySelectorAll('.opblock.is-open').length === {operations};"
+                ),
             )
             .await;
         driver.fits("the API docs", width).await;

@@ -79,7 +79,10 @@ async fn waiting(corral: &Corral, task_url: &str) {
 fn ctl(corral: &Corral, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["ctl", "--gateway", &corral.http])
-        .args(["--supervisor", &format!("http://{}", corral.grpc.as_ref().unwrap())])
+        .args([
+            "--supervisor",
+            &format!("http://{}", corral.grpc.as_ref().unwrap()),
+        ])
         .args(args)
         .env_remove("CORRAL_TOKEN")
         .env("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -127,17 +130,21 @@ async fn tasks_are_listed_by_plugin_status_and_time_a_page_at_a_time_and_shown_w
     let alpha = admin_get(&corral, &format!("/admin/tasks/?plugin={ALPHA}")).await;
     assert_eq!(ids(&alpha), newest_first[1..]);
     let waiting_ones = admin_get(&corral, "/admin/tasks/?status=WAITING").await;
-    assert_eq!(ids(&waiting_ones), [waits.clone()]);
+    assert_eq!(ids(&waiting_ones), std::slice::from_ref(&waits));
     assert_eq!(waiting_ones["tasks"][0]["phase"], "waiting");
     let running = admin_get(&corral, "/admin/tasks/?status=RUNNING").await;
     assert_eq!(ids(&running), Vec::<String>::new());
-    let none = admin_get(&corral, &format!("/admin/tasks/?plugin={BETA}&status=SUCCESS")).await;
+    let none = admin_get(
+        &corral,
+        &format!("/admin/tasks/?plugin={BETA}&status=SUCCESS"),
+    )
+    .await;
     assert_eq!(ids(&none), Vec::<String>::new());
 
     // Time: since the newest (inclusive), until it (exclusive); RFC 3339 too.
     let newest_at = all["tasks"][0]["createdAt"].as_i64().unwrap();
     let since = admin_get(&corral, &format!("/admin/tasks/?since={newest_at}")).await;
-    assert_eq!(ids(&since), [waits.clone()]);
+    assert_eq!(ids(&since), std::slice::from_ref(&waits));
     let until = admin_get(&corral, &format!("/admin/tasks/?until={newest_at}")).await;
     assert_eq!(ids(&until), newest_first[1..]);
     let future = admin_get(&corral, "/admin/tasks/?since=2999-01-01T00:00:00Z").await;
@@ -180,7 +187,11 @@ async fn tasks_are_listed_by_plugin_status_and_time_a_page_at_a_time_and_shown_w
     assert!(detail["finishedAt"].as_i64().unwrap() >= detail["createdAt"].as_i64().unwrap());
     let waiting_detail = admin_get(&corral, &format!("/admin/tasks/{waits}/")).await;
     assert_eq!(waiting_detail["phase"], "waiting");
-    assert_eq!(waiting_detail["owner"], Value::Null, "a waiting task belongs to no gateway");
+    assert_eq!(
+        waiting_detail["owner"],
+        Value::Null,
+        "a waiting task belongs to no gateway"
+    );
     assert_eq!(waiting_detail["steps"][0]["cleared"], false);
     let (status, _) = call(
         &corral,
@@ -196,14 +207,26 @@ async fn tasks_are_listed_by_plugin_status_and_time_a_page_at_a_time_and_shown_w
     let rows: Vec<&str> = listed.lines().collect();
     assert_eq!(rows.len(), 2, "{listed}");
     assert!(rows[0].starts_with("TASK"), "{listed}");
-    assert!(rows[1].starts_with(&waits) && rows[1].contains("waiting"), "{listed}");
+    assert!(
+        rows[1].starts_with(&waits) && rows[1].contains("waiting"),
+        "{listed}"
+    );
     let paged = ctl_ok(&corral, &["tasks", "--limit", "1"]);
-    assert!(paged.lines().last().unwrap().starts_with("more: --cursor "), "{paged}");
+    assert!(
+        paged.lines().last().unwrap().starts_with("more: --cursor "),
+        "{paged}"
+    );
     let task_url = corral.url(&format!("/tasks/{}/", done[0]));
     let shown = ctl_ok(&corral, &["task", &task_url]);
     assert!(shown.starts_with("status: SUCCESS\n"), "{shown}");
     assert!(shown.contains("\ninput: text = one\n"), "{shown}");
-    assert!(shown.contains(&format!("\nhost: http://{}\n", corral.grpc.as_ref().unwrap())), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "\nhost: http://{}\n",
+            corral.grpc.as_ref().unwrap()
+        )),
+        "{shown}"
+    );
     assert!(shown.ends_with("log:\nv1.0.0 says: one\n"), "{shown}");
     let by_id = ctl_ok(&corral, &["task", &done[0]]);
     assert_eq!(by_id, shown);
@@ -242,7 +265,9 @@ async fn a_cancelled_task_ends_with_who_cancelled_it_and_its_running_call_is_tol
 
     // A running task: its plugin waits at the gate.
     let gate = Gate::start().await;
-    let running_url = corral.submit(ALPHA, &[("gate", &gate.url), ("text", "never")]).await;
+    let running_url = corral
+        .submit(ALPHA, &[("gate", &gate.url), ("text", "never")])
+        .await;
     gate.arrived().await;
     let cancel = format!("/admin/tasks/{}/cancel/", task_id(&running_url));
     let user = common::token(SECRET, &["user"]);
@@ -278,7 +303,9 @@ async fn a_cancelled_task_ends_with_who_cancelled_it_and_its_running_call_is_tol
     let (code, _, body) = corral.post_form(step, &[("answer", "too late")]).await;
     assert_eq!(code, 409, "{body}");
     let row = database
-        .count("SELECT COUNT(*) AS n FROM tasks WHERE status = 'FAILURE' AND finished_at IS NOT NULL")
+        .count(
+            "SELECT COUNT(*) AS n FROM tasks WHERE status = 'FAILURE' AND finished_at IS NOT NULL",
+        )
         .await;
     assert_eq!(row, 2);
 }
@@ -318,7 +345,10 @@ async fn a_retry_is_a_new_task_with_the_same_inputs_linked_to_the_ended_one() {
     // With ctl, by the task's URL; the old task lists both retries.
     let printed = ctl_ok(&corral, &["retry", &first_url]);
     let third_id = printed.split_whitespace().next().unwrap().to_owned();
-    assert!(printed.starts_with(&format!("{third_id} retries {first}: http://")), "{printed}");
+    assert!(
+        printed.starts_with(&format!("{third_id} retries {first}: http://")),
+        "{printed}"
+    );
     let old = admin_get(&corral, &format!("/admin/tasks/{first}/")).await;
     assert_eq!(old["retries"], json!([second_id, third_id]));
 
@@ -387,7 +417,12 @@ fn promtool(text: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is needed: apt-get install prometheus (scripts/test-deps does)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     if output.status.success() {
         return Ok(());
@@ -403,7 +438,9 @@ fn promtool(text: &str) -> Result<(), String> {
 async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
     let database = TestDatabase::new(Db::Sqlite).await;
     let corral = Corral::serve(&database, &[&plugins()]);
-    corral.wait_for_plugins(&[HELLO, "hello-world-multi-step@v0-2-1"]).await;
+    corral
+        .wait_for_plugins(&[HELLO, "hello-world-multi-step@v0-2-1"])
+        .await;
     let task_url = corral.submit(HELLO, &[("inputStr", "measured")]).await;
     corral.finished(&task_url).await;
     let waits = corral
@@ -411,7 +448,12 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
         .await;
     waiting(&corral, &waits).await;
 
-    let response = corral.client.get(corral.url("/metrics")).send().await.unwrap();
+    let response = corral
+        .client
+        .get(corral.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         response.headers()["content-type"],
         "text/plain; version=0.0.4; charset=utf-8"
@@ -441,7 +483,11 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
     assert_eq!(joined, [(HELLO, "hello-world", 1.0, 1.0)], "{text}");
 
     // A plugin's state is a full set: one series per state, one of them 1.
-    let states = find(&metrics, "corral_plugin_state", &[("plugin_folder", "hello-world")]);
+    let states = find(
+        &metrics,
+        "corral_plugin_state",
+        &[("plugin_folder", "hello-world")],
+    );
     assert_eq!(states.len(), 6, "{states:?}");
     let current: Vec<&str> = states
         .iter()
@@ -449,7 +495,11 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
         .map(|sample| sample.labels["state"].as_str())
         .collect();
     assert_eq!(current, ["ready"]);
-    let restarts = find(&metrics, "corral_plugin_restarts_total", &[("identifier", HELLO)]);
+    let restarts = find(
+        &metrics,
+        "corral_plugin_restarts_total",
+        &[("identifier", HELLO)],
+    );
     assert_eq!(restarts.len(), 1);
     assert_eq!(restarts[0].labels["plugin_folder"], "hello-world");
     // The waiting task is not running.
@@ -458,20 +508,29 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
         .into_iter()
         .map(|sample| (sample.labels["phase"].as_str(), sample.value))
         .collect();
-    assert_eq!(unfinished, HashMap::from([("waiting", 1.0), ("running", 0.0)]));
+    assert_eq!(
+        unfinished,
+        HashMap::from([("waiting", 1.0), ("running", 0.0)])
+    );
     assert_eq!(find(&metrics, "corral_calls_running", &[])[0].value, 0.0);
     // Requests by route template, never by path.
     let posts = find(
         &metrics,
         "corral_http_requests_total",
-        &[("method", "POST"), ("route", "/plugins/{plugin}/process/"), ("status", "303")],
+        &[
+            ("method", "POST"),
+            ("route", "/plugins/{plugin}/process/"),
+            ("status", "303"),
+        ],
     );
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0].value, 2.0);
-    assert!(metrics.iter().all(|sample| !sample
-        .labels
-        .get("route")
-        .is_some_and(|route| route.contains(&task_id(&task_url)))));
+    assert!(metrics.iter().all(|sample| {
+        !sample
+            .labels
+            .get("route")
+            .is_some_and(|route| route.contains(&task_id(&task_url)))
+    }));
     let build = find(&metrics, "corral_build_info", &[]);
     assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
     assert!(find(&metrics, "process_cpu_seconds_total", &[])[0].value > 0.0);
@@ -481,7 +540,10 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
     let response = corral
         .client
         .get(corral.url("/metrics"))
-        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
         .send()
         .await
         .unwrap();
@@ -494,7 +556,8 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
     assert!(openmetrics.contains("# TYPE corral_tasks counter\n"));
 
     // Restarts are counted.
-    let mut admin = common::admin_client(&format!("http://{}", corral.grpc.as_ref().unwrap())).await;
+    let mut admin =
+        common::admin_client(&format!("http://{}", corral.grpc.as_ref().unwrap())).await;
     admin
         .restart_plugin(corral_proto::supervisor::v1::PluginRef {
             plugin: "hello-world".into(),
@@ -505,7 +568,11 @@ async fn metrics_pass_promtool_and_task_series_join_plugin_series_by_label() {
     loop {
         let text = corral.get_text("/metrics").await;
         let metrics = samples(&text);
-        let restarts = find(&metrics, "corral_plugin_restarts_total", &[("plugin_folder", "hello-world")]);
+        let restarts = find(
+            &metrics,
+            "corral_plugin_restarts_total",
+            &[("plugin_folder", "hello-world")],
+        );
         if restarts.first().is_some_and(|sample| sample.value == 1.0) {
             break;
         }
@@ -586,7 +653,10 @@ fn strict(line: &str) -> Result<Value, String> {
 
 #[test]
 fn the_strict_reader_refuses_a_key_given_twice() {
-    assert_eq!(strict(r#"{"a": {"b": [1, {"c": null}]}}"#).unwrap(), json!({"a": {"b": [1, {"c": null}]}}));
+    assert_eq!(
+        strict(r#"{"a": {"b": [1, {"c": null}]}}"#).unwrap(),
+        json!({"a": {"b": [1, {"c": null}]}})
+    );
     let refused = strict(r#"{"span": {"name": "plugin", "name": "hello-world"}}"#).unwrap_err();
     assert!(refused.starts_with("duplicate key `name`"), "{refused}");
 }
@@ -618,7 +688,10 @@ async fn json_logs_hold_every_line_each_key_once_and_a_line_per_request() {
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("no listening record");
         let record = strict(&line).unwrap_or_else(|error| panic!("{error}: {line}"));
-        let message = record["fields"]["message"].as_str().unwrap_or_default().to_owned();
+        let message = record["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let url = record["fields"]["url"].as_str().map(str::to_owned);
         records.push(record);
         if message.starts_with("corral gateway: HTTP listening on ") {
@@ -645,9 +718,15 @@ async fn json_logs_hold_every_line_each_key_once_and_a_line_per_request() {
     .unwrap();
     assert!(common::exited(&mut corral.child).await.success());
     records.extend(lines.iter().map(|line| {
-        strict(&line).unwrap_or_else(|error| panic!("not one JSON object with each key once ({error}): {line}"))
+        strict(&line).unwrap_or_else(|error| {
+            panic!("not one JSON object with each key once ({error}): {line}")
+        })
     }));
-    assert_eq!(printed.join().unwrap(), "", "with JSON logs, stdout stays empty");
+    assert_eq!(
+        printed.join().unwrap(),
+        "",
+        "with JSON logs, stdout stays empty"
+    );
 
     // One access line per request, its latency a number.
     let accessed: Vec<&Value> = records
@@ -665,9 +744,14 @@ async fn json_logs_hold_every_line_each_key_once_and_a_line_per_request() {
     // A plugin's own lines name it in their span, once.
     let plugin_line = records
         .iter()
-        .find(|record| record["span"]["name"] == "plugin" && record["span"]["plugin"] == "hello-world")
+        .find(|record| {
+            record["span"]["name"] == "plugin" && record["span"]["plugin"] == "hello-world"
+        })
         .unwrap_or_else(|| panic!("no line of the hello-world plugin's span"));
-    assert!(plugin_line["span"]["pid"].as_u64().is_some(), "{plugin_line}");
+    assert!(
+        plugin_line["span"]["pid"].as_u64().is_some(),
+        "{plugin_line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -688,8 +772,14 @@ async fn completions_the_manual_page_and_health_checks() {
     assert!(checked.success());
     assert!(generated(&["completions", "zsh"]).starts_with("#compdef corral"));
     let fish = generated(&["completions", "fish"]);
-    assert!(fish.contains("complete -c corral") && fish.contains("cancel"), "{fish}");
-    let refused = Command::new(corral_bin).args(["completions", "tcsh"]).output().unwrap();
+    assert!(
+        fish.contains("complete -c corral") && fish.contains("cancel"),
+        "{fish}"
+    );
+    let refused = Command::new(corral_bin)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     let man = generated(&["man"]);
     assert!(man.contains(".TH corral 1"), "{man}");
@@ -698,15 +788,37 @@ async fn completions_the_manual_page_and_health_checks() {
     let database = TestDatabase::new(Db::Sqlite).await;
     let folders = two_plugins();
     let corral = Corral::serve(&database, &[folders.path()]);
-    let health = |args: &[&str]| Command::new(corral_bin).arg("health").args(args).output().unwrap();
+    let health = |args: &[&str]| {
+        Command::new(corral_bin)
+            .arg("health")
+            .args(args)
+            .output()
+            .unwrap()
+    };
     assert!(health(&["--url", &corral.url("/health")]).status.success());
-    assert!(health(&["--grpc", &format!("http://{}", corral.grpc.as_ref().unwrap())]).status.success());
+    assert!(
+        health(&[
+            "--grpc",
+            &format!("http://{}", corral.grpc.as_ref().unwrap())
+        ])
+        .status
+        .success()
+    );
     let missing = health(&["--url", &corral.url("/nothing-here/")]);
     assert!(!missing.status.success());
     let said = String::from_utf8(missing.stderr).unwrap();
     assert_eq!(said.lines().count(), 1, "{said}");
-    assert!(said.starts_with("corral: http://") && said.contains("404"), "{said}");
+    assert!(
+        said.starts_with("corral: http://") && said.contains("404"),
+        "{said}"
+    );
     let unreachable = health(&["--url", "http://127.0.0.1:1/health", "--timeout", "2s"]);
     assert!(!unreachable.status.success());
-    assert_eq!(String::from_utf8(unreachable.stderr).unwrap().lines().count(), 1);
+    assert_eq!(
+        String::from_utf8(unreachable.stderr)
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
 }

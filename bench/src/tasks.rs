@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use corral_gateway::store::{Batch, Fence, FileKind, FileRecord, Notices, Store, TaskStatus};
+use corral_gateway::store::{
+    Batch, Fence, FileKind, FileRecord, NewTask, Notices, Store, TaskStatus,
+};
 use corral_proto::plugin::v1::{InvokeRequest, invoke_event::Event, plugin_client::PluginClient};
 use futures::future::try_join_all;
 use hyper::StatusCode;
@@ -240,15 +242,15 @@ fn random_id() -> String {
 async fn store_one(store: Store, fence: Fence) -> Result<(Store, Fence)> {
     let id = random_id();
     store
-        .create_task(
-            &id,
-            "hello-world@v0-2-1",
-            r#"{"inputStr":"hello input"}"#,
-            "http://127.0.0.1",
-            &[],
-            &fence.owner,
-            None,
-        )
+        .create_task(&NewTask {
+            id: &id,
+            plugin: "hello-world@v0-2-1",
+            inputs: r#"{"inputStr":"hello input"}"#,
+            base_url: "http://127.0.0.1",
+            uploads: &[],
+            owner: &fence.owner,
+            retry_of: None,
+        })
         .await?;
     let mut batch = Batch::default();
     batch.log_line("result: 'hello output'");

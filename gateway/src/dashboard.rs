@@ -45,12 +45,13 @@ th { background: #f0f0f0; }
 .id { font-family: ui-monospace, monospace; font-size: .85rem; }
 .filters { display: flex; flex-wrap: wrap; gap: .5rem .75rem; align-items: flex-end; margin: 0 0 .6rem; }
 .filters label { display: flex; flex-direction: column; font-size: .85rem; color: #444; }
+.filters input, .filters select { min-height: 2.2rem; }
 .filter-actions { display: flex; gap: .5rem; }
 .phase { color: #666; }
 #tasks tr.selected td { background: #eef3fd; }
 .pager { display: flex; align-items: center; gap: .75rem; margin: .5rem 0; }
 .hint { color: #666; font-size: .9rem; }
-#task-detail { scroll-margin-top: 4rem; background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: .75rem 1rem; margin: 1rem 0; }
+#task-detail { scroll-margin-top: 6rem; background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: .75rem 1rem; margin: 1rem 0; }
 .detail-head { display: flex; flex-wrap: wrap; justify-content: space-between; align-items: baseline; gap: .5rem; }
 .actions { display: flex; flex-wrap: wrap; gap: .5rem; margin: .6rem 0; }
 #task-fields { display: grid; grid-template-columns: minmax(6rem, max-content) minmax(0, 1fr); gap: .2rem 1rem; margin: .5rem 0; }

@@ -145,7 +145,8 @@ impl Default for Metrics {
             "Calls of tasks this gateway runs now (tasks waiting for a step run none)",
             calls_running.clone(),
         );
-        let task_seconds: Histograms<PluginLabels> = Family::new_with_constructor(seconds_histogram);
+        let task_seconds: Histograms<PluginLabels> =
+            Family::new_with_constructor(seconds_histogram);
         registry.register(
             "corral_task_duration_seconds",
             "Time from a task's creation to its end",
@@ -348,7 +349,10 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         latency_ms = seconds * 1000.0,
         "request"
     );
-    state.runner.metrics.answered(method, route, status, seconds);
+    state
+        .runner
+        .metrics
+        .answered(method, route, status, seconds);
     response
 }
 
@@ -364,10 +368,7 @@ pub(crate) async fn metrics(
     let metrics = &state.runner.metrics;
     let read = async { tokio::join!(state.store.gateways(), state.store.unfinished_by_plugin()) };
     let (gateways, unfinished) = match tokio::time::timeout(DATABASE_READ, read).await {
-        Ok((gateways, unfinished)) => (
-            gateways.unwrap_or_default(),
-            unfinished.ok(),
-        ),
+        Ok((gateways, unfinished)) => (gateways.unwrap_or_default(), unfinished.ok()),
         Err(_) => (Vec::new(), None),
     };
     let process = tokio::task::spawn_blocking(ProcessStats::read)
@@ -429,7 +430,11 @@ pub(crate) async fn metrics(
                     .set(count);
             }
         }
-        for plugin in table.all().iter().filter(|plugin| !plugin.identifier.is_empty()) {
+        for plugin in table
+            .all()
+            .iter()
+            .filter(|plugin| !plugin.identifier.is_empty())
+        {
             for phase in ["running", "waiting"] {
                 let _zero_unless_set = metrics.unfinished.get_or_create(&UnfinishedLabels {
                     identifier: plugin.identifier.clone(),
@@ -475,7 +480,10 @@ pub(crate) async fn metrics(
             .into_response());
     }
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         prometheus_text(&body),
     )
         .into_response())
@@ -538,9 +546,11 @@ fn prometheus_text(openmetrics: &str) -> String {
             continue;
         }
         let sample = line.split(['{', ' ']).next().unwrap_or_default();
-        let created = sample
-            .strip_suffix("_created")
-            .is_some_and(|family| suffixes.get(family).is_some_and(|(suffix, _)| *suffix == "_total"));
+        let created = sample.strip_suffix("_created").is_some_and(|family| {
+            suffixes
+                .get(family)
+                .is_some_and(|(suffix, _)| *suffix == "_total")
+        });
         if !created {
             text.push_str(line);
             text.push('\n');
@@ -584,7 +594,9 @@ impl ProcessStats {
         let max_fds = std::fs::read_to_string("/proc/self/limits")
             .ok()
             .and_then(|limits| {
-                let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+                let line = limits
+                    .lines()
+                    .find(|line| line.starts_with("Max open files"))?;
                 line.split_whitespace().nth(3)?.parse().ok()
             })
             .unwrap_or(-1);
@@ -605,7 +617,11 @@ impl ProcessStats {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(stats) = *self.stats.lock().unwrap_or_else(|poison| poison.into_inner()) else {
+        let Some(stats) = *self
+            .stats
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+        else {
             return Ok(());
         };
         let cpu = ConstCounter::new(stats.cpu_seconds);
@@ -616,16 +632,36 @@ impl Collector for ProcessCollector {
             cpu.metric_type(),
         )?)?;
         let gauges: [(&str, &str, f64); 6] = [
-            ("process_resident_memory_bytes", "Resident memory size in bytes", stats.resident_bytes as f64),
-            ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.virtual_bytes as f64),
-            ("process_open_fds", "Number of open file descriptors", stats.open_fds as f64),
-            ("process_max_fds", "Maximum number of open file descriptors", stats.max_fds as f64),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                stats.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                stats.virtual_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                stats.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                stats.max_fds as f64,
+            ),
             (
                 "process_start_time_seconds",
                 "Start time of the process since the Unix epoch in seconds",
                 stats.start_time_seconds,
             ),
-            ("process_threads", "Number of OS threads in the process", stats.threads as f64),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                stats.threads as f64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);

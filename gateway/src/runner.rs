@@ -686,8 +686,12 @@ impl Runner {
             return Ok(false);
         };
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
-        self.metrics
-            .task_finished(&self.directory.snapshot(), &record.plugin, TaskStatus::Failure.as_str(), seconds);
+        self.metrics.task_finished(
+            &self.directory.snapshot(),
+            &record.plugin,
+            TaskStatus::Failure.as_str(),
+            seconds,
+        );
         if let Some(call) = self.lock_running().get(task_id) {
             call.cancel.cancel();
         }
@@ -737,8 +741,11 @@ impl Runner {
         };
         let mut stream = match answered {
             Ok(response) => {
-                self.metrics
-                    .invoked(&live.identifier, &live.folder, invoked.elapsed().as_secs_f64());
+                self.metrics.invoked(
+                    &live.identifier,
+                    &live.folder,
+                    invoked.elapsed().as_secs_f64(),
+                );
                 response.into_inner()
             }
             Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -915,8 +922,12 @@ impl Runner {
             return Ok(());
         };
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
-        self.metrics
-            .task_finished(&self.directory.snapshot(), &record.plugin, status.as_str(), seconds);
+        self.metrics.task_finished(
+            &self.directory.snapshot(),
+            &record.plugin,
+            status.as_str(),
+            seconds,
+        );
         // A runner still streaming this task (it was ended from outside) stops.
         if let Some(call) = self.lock_running().get(task_id) {
             call.cancel.cancel();

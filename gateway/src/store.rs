@@ -480,6 +480,24 @@ impl Batch {
     }
 }
 
+/// A task to insert ([`Store::create_task`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewTask<'a> {
+    pub id: &'a str,
+    /// Its plugin's identifier.
+    pub plugin: &'a str,
+    /// Its checked inputs, JSON.
+    pub inputs: &'a str,
+    /// The base of its URLs.
+    pub base_url: &'a str,
+    /// The files uploaded with it.
+    pub uploads: &'a [String],
+    /// The lease of the gateway that runs its first call.
+    pub owner: &'a str,
+    /// The task it retries.
+    pub retry_of: Option<&'a str>,
+}
+
 /// One line of an operator's task listing.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
@@ -886,16 +904,16 @@ impl Store {
     /// gateway of lease `owner` (a retry of task `retry_of`, when given), and
     /// attaches the files uploaded with it, in one transaction; committed when
     /// this returns.
-    pub async fn create_task(
-        &self,
-        id: &str,
-        plugin: &str,
-        inputs: &str,
-        base_url: &str,
-        uploads: &[String],
-        owner: &str,
-        retry_of: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub async fn create_task(&self, task: &NewTask<'_>) -> Result<(), StoreError> {
+        let NewTask {
+            id,
+            plugin,
+            inputs,
+            base_url,
+            uploads,
+            owner,
+            retry_of,
+        } = *task;
         let insert = sqlx::query(sqlx::AssertSqlSafe(&*self.sql.create))
             .bind(id)
             .bind(plugin)

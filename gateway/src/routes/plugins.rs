@@ -20,6 +20,7 @@ use crate::{
     forms, ids,
     runner::Job,
     state::AppState,
+    store::NewTask,
     ui,
     urls::BaseUrl,
     views,
@@ -251,18 +252,16 @@ pub(crate) async fn start_task(
     // Finished even if the client goes away: a committed task always gets its runner.
     tokio::spawn(async move {
         let _taking = state.runner.taking(&job.task_id);
-        state
-            .store
-            .create_task(
-                &job.task_id,
-                &job.plugin,
-                &inputs,
-                &base_url,
-                &uploads,
-                &holder.id,
-                retry_of.as_deref(),
-            )
-            .await?;
+        let task = NewTask {
+            id: &job.task_id,
+            plugin: &job.plugin,
+            inputs: &inputs,
+            base_url: &base_url,
+            uploads: &uploads,
+            owner: &holder.id,
+            retry_of: retry_of.as_deref(),
+        };
+        state.store.create_task(&task).await?;
         tracing::info!(task = %job.task_id, plugin = %job.plugin, "task created");
         state.runner.spawn(job);
         Ok::<_, ApiError>(())
