@@ -520,15 +520,11 @@ fn task_id(task: &str) -> anyhow::Result<String> {
     Ok(id.to_ascii_lowercase())
 }
 
-/// The task's URL: the one given (it names its gateway), or the id's on
-/// `--gateway`.
+/// The task's URL on `--gateway`. A URL given only names the task: the
+/// tokens go to `--gateway` alone, never to a host a pasted URL names (behind
+/// a proxy the URLs the API hands out name the proxy anyway).
 fn task_url(args: &CtlArgs, task: &str) -> anyhow::Result<String> {
     let id = task_id(task)?;
-    if task.starts_with("http://") || task.starts_with("https://") {
-        let (base, _) = task.split_once("/tasks/").unwrap_or((task, ""));
-        let base = base.trim_end_matches("/admin");
-        return Ok(format!("{base}/tasks/{id}/"));
-    }
     Ok(format!(
         "{}/tasks/{id}/",
         args.gateway.trim_end_matches('/')

@@ -805,3 +805,37 @@ async fn a_host_announced_in_redis_is_followed() {
     gate.open(1);
     assert_eq!(status_on(gateway, &task_url).await["status"], "SUCCESS");
 }
+
+/// An operator cancels, through one gateway, a task whose call runs on
+/// another and writes nothing meanwhile: the call is stopped at once (the
+/// task's end reaches its gateway over Redis), and every gateway shows the
+/// task ended with who cancelled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_through_another_gateway_stops_its_call() {
+    let (cluster, _folders) = cluster(2).await;
+    let (runs, other) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let gate = Gate::start().await;
+    let task_url = runs
+        .submit(UNSAFE, &[("gate", &gate.url), ("text", "never")])
+        .await;
+    gate.arrived().await;
+    let cancel = on(
+        other,
+        &format!("{}cancel/", task_url.replace("/tasks/", "/admin/tasks/")),
+    );
+    let response = other
+        .client
+        .post(cancel)
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // The plugin stops reading: its call was cancelled on the first gateway.
+    gate.abandoned().await;
+    for gateway in [runs, other] {
+        let status = status_on(gateway, &task_url).await;
+        assert_eq!(status["status"], "FAILURE");
+        assert_eq!(status["log"], "cancelled by the operator (admin token)");
+    }
+}

@@ -122,7 +122,8 @@ impl AuthConfig {
     /// These settings, taking `token` (the operator's admin token) for the
     /// admin role as well.
     pub fn with_operator_token(mut self, token: &str) -> Self {
-        self.operator_token = Some(token.as_bytes().into());
+        // An empty token would let an empty bearer in.
+        self.operator_token = (!token.is_empty()).then(|| token.as_bytes().into());
         self
     }
 
@@ -175,11 +176,13 @@ impl AuthConfig {
                 ApiError::Unauthorized(format!("Invalid token: {}.", describe(&error)))
             })?
             .claims;
+        // The name goes into task logs: one short line.
+        let name = claims.sub.as_deref().map_or_else(
+            || "a token without a subject".to_owned(),
+            |sub| sub.chars().filter(|c| !c.is_control()).take(64).collect(),
+        );
         Ok(Caller {
-            name: claims
-                .sub
-                .clone()
-                .unwrap_or_else(|| "a token without a subject".into()),
+            name,
             roles: claims.roles(),
         })
     }

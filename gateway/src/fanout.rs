@@ -247,7 +247,19 @@ fn deliver(origin: &str, live: &LiveEvents, payload: &[u8]) {
     let Some((sender, task_id)) = lines.next().and_then(|head| head.split_once(' ')) else {
         return;
     };
-    if sender == origin || !live.is_followed(task_id) {
+    if sender == origin {
+        return;
+    }
+    // A task's end matters here even unfollowed: a call of it may run here
+    // (an operator ended it on another gateway).
+    let last_name = text
+        .rsplit('\n')
+        .next()
+        .and_then(|line| line.split(' ').nth(1));
+    if last_name == Some("status") {
+        live.ended_elsewhere(task_id);
+    }
+    if !live.is_followed(task_id) {
         return;
     }
     let events = lines.filter_map(|line| {

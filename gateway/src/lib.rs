@@ -219,6 +219,21 @@ impl RunningGateway {
             ),
         };
         tokio::spawn(state.runner.clone().adopt_orphans(config.lease.renew_every));
+        let (ended, ended_elsewhere) = tokio::sync::mpsc::channel(1024);
+        let running = state.runner.running.clone();
+        let runs_here = move |task_id: &str| {
+            running
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .contains_key(task_id)
+        };
+        state.runner.live.on_ended_elsewhere(runs_here, ended);
+        tokio::spawn(
+            state
+                .runner
+                .clone()
+                .stop_calls_ended_elsewhere(ended_elsewhere),
+        );
         tokio::spawn(shared_files::sweep(
             state.store.clone(),
             files,

@@ -35,6 +35,22 @@ impl LiveEvent {
 pub(crate) struct LiveEvents {
     channels: Arc<Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>>,
     fanout: Arc<std::sync::OnceLock<crate::fanout::FanOut>>,
+    /// Where the ids of tasks another gateway ended go, when a call of
+    /// theirs runs here (an operator cancelled it there): the runner stops
+    /// those calls.
+    ended_elsewhere: Arc<std::sync::OnceLock<EndedElsewhere>>,
+}
+
+/// Which tasks run here, and where to tell of those another gateway ended.
+struct EndedElsewhere {
+    runs_here: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    tell: tokio::sync::mpsc::Sender<String>,
+}
+
+impl std::fmt::Debug for EndedElsewhere {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("EndedElsewhere(…)")
+    }
 }
 
 impl LiveEvents {
@@ -79,6 +95,29 @@ impl LiveEvents {
     /// Whether anyone here follows the task.
     pub(crate) fn is_followed(&self, task_id: &str) -> bool {
         self.lock().contains_key(task_id)
+    }
+
+    /// Tells `tell` of each task another gateway ends for which `runs_here`
+    /// holds (best effort: a call not stopped this way stops at its next
+    /// write, or when the runner looks).
+    pub(crate) fn on_ended_elsewhere(
+        &self,
+        runs_here: impl Fn(&str) -> bool + Send + Sync + 'static,
+        tell: tokio::sync::mpsc::Sender<String>,
+    ) {
+        let _set_once = self.ended_elsewhere.set(EndedElsewhere {
+            runs_here: Box::new(runs_here),
+            tell,
+        });
+    }
+
+    /// Another gateway ended the task.
+    pub(crate) fn ended_elsewhere(&self, task_id: &str) {
+        if let Some(ended) = self.ended_elsewhere.get()
+            && (ended.runs_here)(task_id)
+        {
+            let _full_is_fine = ended.tell.try_send(task_id.to_owned());
+        }
     }
 
     /// Carries the events of the tasks this gateway runs to other gateways.

@@ -128,6 +128,9 @@ pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Histograms<RouteLabels>,
     process: Arc<ProcessCollector>,
+    /// Scrapes one at a time: each clears and refills the series it reads
+    /// from the plugin table and the database.
+    scraping: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Default for Metrics {
@@ -237,6 +240,7 @@ impl Default for Metrics {
             requests,
             request_seconds,
             process,
+            scraping: Arc::default(),
         }
     }
 }
@@ -366,6 +370,7 @@ pub(crate) async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let metrics = &state.runner.metrics;
+    let _one_scrape_at_a_time = metrics.scraping.lock().await;
     let read = async { tokio::join!(state.store.gateways(), state.store.unfinished_by_plugin()) };
     let (gateways, unfinished) = match tokio::time::timeout(DATABASE_READ, read).await {
         Ok((gateways, unfinished)) => (gateways.unwrap_or_default(), unfinished.ok()),
@@ -578,7 +583,6 @@ struct ProcessStats {
 
 /// Clock ticks per second of `/proc`'s times (`USER_HZ`: 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
-const PAGE_BYTES: i64 = 4096;
 
 impl ProcessStats {
     /// The figures of this process; `None` where `/proc` cannot tell (not Linux).
@@ -603,12 +607,23 @@ impl ProcessStats {
         let open_fds = std::fs::read_dir("/proc/self/fd").map_or(-1, |entries| {
             i64::try_from(entries.count()).unwrap_or(i64::MAX)
         });
+        // In kB whatever the page size.
+        let resident_kib: i64 = std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("VmRSS:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })?;
         Some(Self {
             cpu_seconds: (field(14)? + field(15)?) / TICKS_PER_SECOND,
             threads: field(20)? as i64,
             start_time_seconds: boot_time + field(22)? / TICKS_PER_SECOND,
             virtual_bytes: field(23)? as i64,
-            resident_bytes: field(24)? as i64 * PAGE_BYTES,
+            resident_bytes: resident_kib * 1024,
             open_fds,
             max_fds,
         })

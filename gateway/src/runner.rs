@@ -9,7 +9,7 @@
 //! async loop around it (transport, persistence, publishing).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -102,6 +102,8 @@ pub(crate) struct Job {
     pub(crate) taken: (usize, usize),
     /// The lease the call runs under, and the run of the call it is.
     pub(crate) claim: Claim,
+    /// Stops this call (set when it is spawned, from the lease's token).
+    cancel: CancellationToken,
 }
 
 impl Job {
@@ -125,6 +127,7 @@ impl Job {
             note: None,
             taken: (0, 0),
             claim: holder.claim(1),
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -162,6 +165,7 @@ impl Job {
                 usize::try_from(record.event_chars).unwrap_or(usize::MAX),
             ),
             claim: holder.claim(record.attempts),
+            cancel: CancellationToken::new(),
         })
     }
 }
@@ -178,8 +182,9 @@ pub(crate) struct Runner {
     /// runner. The base URL is for the links of a failure ended from outside.
     pub(crate) running: Arc<Mutex<HashMap<String, RunningCall>>>,
     /// Tasks being taken up: claimed in the database (or about to be), their
-    /// call not in `running` yet. See [`Runner::taking`].
-    pub(crate) taking: Arc<Mutex<HashSet<String>>>,
+    /// call not in `running` yet, each with how many are taking it up. See
+    /// [`Runner::taking`].
+    pub(crate) taking: Arc<Mutex<HashMap<String, usize>>>,
     /// Woken each time a runner ends.
     pub(crate) ended: Arc<tokio::sync::Notify>,
     /// Set when shutdown begins: no new call starts.
@@ -205,13 +210,19 @@ pub(crate) struct RunningCall {
 /// its call is in the running table (or it is given up): the sweep for strays
 /// leaves it alone meanwhile.
 pub(crate) struct Taking {
-    tasks: Arc<Mutex<HashSet<String>>>,
+    tasks: Arc<Mutex<HashMap<String, usize>>>,
     task_id: String,
 }
 
 impl Drop for Taking {
     fn drop(&mut self) {
-        lock(&self.tasks).remove(&self.task_id);
+        let mut tasks = lock(&self.tasks);
+        if let Some(count) = tasks.get_mut(&self.task_id) {
+            *count -= 1;
+            if *count == 0 {
+                tasks.remove(&self.task_id);
+            }
+        }
     }
 }
 
@@ -256,12 +267,13 @@ enum Outcome {
 impl Runner {
     /// Runs a call of a task in the background. Once shutdown began no call
     /// starts (false): the task stays `PENDING` for the next start.
-    pub(crate) fn spawn(&self, job: Job) -> bool {
+    pub(crate) fn spawn(&self, mut job: Job) -> bool {
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let runner = self.clone();
         let span = tracing::info_span!("task", id = %job.task_id, plugin = %job.plugin);
         // A call stops when its lease is lost: its task is another gateway's then.
         let cancel = job.claim.lost.child_token();
+        job.cancel = cancel.clone();
         let number = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut running = self.lock_running();
@@ -373,7 +385,7 @@ impl Runner {
     /// dropped: hold it from before the claim is written until after
     /// [`Runner::spawn`].
     pub(crate) fn taking(&self, task_id: &str) -> Taking {
-        lock(&self.taking).insert(task_id.to_owned());
+        *lock(&self.taking).entry(task_id.to_owned()).or_default() += 1;
         Taking {
             tasks: self.taking.clone(),
             task_id: task_id.to_owned(),
@@ -383,7 +395,7 @@ impl Runner {
     /// Whether this process runs, or is taking up, the task's call. Taking
     /// is looked at first: a task leaves it only once it is running.
     fn holds(&self, task_id: &str) -> bool {
-        lock(&self.taking).contains(task_id) || self.lock_running().contains_key(task_id)
+        lock(&self.taking).contains_key(task_id) || self.lock_running().contains_key(task_id)
     }
 
     /// Adopts, until shutdown, the calls whose gateway's lease expired (a
@@ -441,6 +453,17 @@ impl Runner {
     /// as does a call whose end could not be written. Each is taken up as
     /// an orphan is.
     async fn take_up_strays(&self, holder: &Holder) -> Result<(), StoreError> {
+        // The other way round: calls here of tasks ended elsewhere (an
+        // operator cancelled them through another gateway, without Redis to
+        // say so at once) stop.
+        let running: Vec<String> = self.lock_running().keys().cloned().collect();
+        if !running.is_empty() {
+            for task_id in self.store.ended_among(&running).await? {
+                if let Some(call) = self.lock_running().get(&task_id) {
+                    call.cancel.cancel();
+                }
+            }
+        }
         let before = crate::store::now_millis() - STRAY_AFTER_MS;
         for task_id in self.store.held_before(&holder.id, before).await? {
             if self.holds(&task_id) {
@@ -457,6 +480,28 @@ impl Runner {
             tokio::spawn(taken_up);
         }
         Ok(())
+    }
+
+    /// Stops, until shutdown, the calls here of tasks another gateway ended
+    /// (an operator cancelled them there), as their end arrives over the
+    /// fan-out.
+    pub(crate) async fn stop_calls_ended_elsewhere(
+        self,
+        mut ended: tokio::sync::mpsc::Receiver<String>,
+    ) {
+        loop {
+            let task_id = tokio::select! {
+                task_id = ended.recv() => task_id,
+                () = self.shutdown.cancelled() => None,
+            };
+            let Some(task_id) = task_id else {
+                return;
+            };
+            if let Some(call) = self.lock_running().get(&task_id) {
+                tracing::info!(task = %task_id, "stopping a call: another gateway ended its task");
+                call.cancel.cancel();
+            }
+        }
     }
 
     /// Runs a call taken up again where the plugin says its tasks are safe
@@ -644,12 +689,8 @@ impl Runner {
         match written {
             Some(count) => self.publish(task_id, numbered(events, count)),
             // Ended from outside (an operator cancelled it on another
-            // gateway): the plugin's call stops.
-            None => {
-                if let Some(call) = self.lock_running().get(task_id) {
-                    call.cancel.cancel();
-                }
-            }
+            // gateway), or no longer this call's: this call stops.
+            None => job.cancel.cancel(),
         }
         Ok(())
     }

@@ -269,12 +269,12 @@ const BATCH_COLUMNS: &str = "log = CASE WHEN $2 = '' THEN log WHEN log = '' THEN
 
 /// The condition every write of a running task adds: the task is the
 /// fence's (owner $13, attempt $14, or any attempt when $14 is negative) and
-/// the owner's lease is live by the database's clock (`{now}`); or the write
-/// is an operator's ($14 is [`OPERATOR`]), which may end any unfinished task.
-const FENCED: &str = "($14 = -2 OR (owner = $13 AND ($14 < 0 OR attempts = $14) AND EXISTS \
-                      (SELECT 1 FROM gateways g WHERE g.id = $13 AND g.expires_at > {now})))";
+/// the owner's lease is live by the database's clock (`{now}`).
+const FENCED: &str = "owner = $13 AND ($14 < 0 OR attempts = $14) AND EXISTS \
+                      (SELECT 1 FROM gateways g WHERE g.id = $13 AND g.expires_at > {now})";
 
-/// The attempt of [`Fence::operator`] (it appears as such in [`FENCED`]).
+/// The attempt of [`Fence::operator`]: only an end carries it (see
+/// `Statements::end`), which then applies to any unfinished task.
 const OPERATOR: i64 = -2;
 
 /// Who may write a running task: the gateway whose lease runs its call, and
@@ -346,8 +346,8 @@ impl Statements {
             // an operator ends a waiting task.
             end: format!(
                 "UPDATE tasks SET status = $16, finished_at = $8, {BATCH_COLUMNS} \
-                 WHERE id = $1 AND status = 'PENDING' AND {fence} AND ($14 = -2 OR NOT EXISTS \
-                 (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0)) \
+                 WHERE id = $1 AND status = 'PENDING' AND ($14 = {OPERATOR} OR ({fence} \
+                 AND NOT EXISTS (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0))) \
                  RETURNING plugin, created_at, event_count"
             ),
             create: format!(
@@ -525,6 +525,9 @@ pub struct TaskSummary {
     /// The lease of the gateway running its call (`NULL` while it waits).
     #[serde(skip)]
     pub owner: Option<String>,
+    /// The origin (and proxy prefix) its URLs were made with.
+    #[serde(skip)]
+    pub base_url: String,
 }
 
 /// Which tasks an operator lists; newest first.
@@ -569,7 +572,7 @@ impl std::str::FromStr for StatusFilter {
 
 /// The columns of a [`TaskSummary`], from `tasks t`.
 const SUMMARY_COLUMNS: &str = "t.id, t.plugin, t.status, t.created_at, t.updated_at, \
-     t.finished_at, t.attempts, t.retry_of, t.host, t.owner, \
+     t.finished_at, t.attempts, t.retry_of, t.host, t.owner, t.base_url, \
      CASE WHEN t.status <> 'PENDING' THEN NULL WHEN EXISTS \
        (SELECT 1 FROM task_steps w WHERE w.task_id = t.id AND w.cleared = 0) \
      THEN 'waiting' ELSE 'running' END AS phase";
@@ -1150,6 +1153,7 @@ impl Store {
         let now_sql = self.sql.now;
         let call: Option<CallRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE tasks SET attempts = 1, updated_at = $2, owner = $3 WHERE id = $1 \
+             AND status = 'PENDING' \
              AND EXISTS (SELECT 1 FROM gateways g WHERE g.id = $3 AND g.expires_at > {now_sql}) \
              RETURNING id, plugin, base_url, attempts, inputs, state, state_outputs, \
              LENGTH(log) AS log_chars, LENGTH(events) AS event_chars"
@@ -1160,7 +1164,17 @@ impl Store {
         .fetch_optional(&mut *transaction)
         .await?;
         let Some(mut call) = call else {
-            return Err(StoreError::NoLease);
+            // An operator ended it since the step was taken (the transaction
+            // is rolled back), or this gateway has no live lease.
+            let unfinished =
+                sqlx::query("SELECT 1 AS found FROM tasks WHERE id = $1 AND status = 'PENDING'")
+                    .bind(id)
+                    .fetch_optional(&mut *transaction)
+                    .await?;
+            return match unfinished {
+                Some(_) => Err(StoreError::NoLease),
+                None => Ok(None),
+            };
         };
         self.commit_with_notices(transaction, id, notices, now)
             .await?;
@@ -1345,6 +1359,25 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(ids)
+    }
+
+    /// Which of `ids` have ended (an operator ended a task whose call runs
+    /// on another gateway).
+    pub async fn ended_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut ended = Vec::new();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT id FROM tasks WHERE status <> 'PENDING' AND id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            ended.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(ended)
     }
 
     /// Takes up again a running task of lease `owner` whose call no process

@@ -368,17 +368,20 @@ fn inputs_shown(state: &AppState, plugin: &str, stored: &str) -> Value {
         serde_json::from_str(stored).unwrap_or_default();
     let table = state.directory.snapshot();
     let secret = corral_proto::plugin::v1::FieldKind::Secret as i32;
-    let secret_fields: Vec<&str> = table
-        .ready(plugin)
-        .map(|live| {
-            live.metadata
-                .inputs
-                .iter()
-                .filter(|field| field.kind == secret)
-                .map(|field| field.field.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+    // Without the plugin's fields (it is not ready, or gone), no value is shown.
+    let Some(live) = table.ready(plugin) else {
+        for value in inputs.values_mut() {
+            *value = json!("(hidden: the plugin is not ready to say which fields are secret)");
+        }
+        return Value::Object(inputs);
+    };
+    let secret_fields: Vec<&str> = live
+        .metadata
+        .inputs
+        .iter()
+        .filter(|field| field.kind == secret)
+        .map(|field| field.field.as_str())
+        .collect();
     for (name, value) in &mut inputs {
         let lower = name.to_ascii_lowercase();
         let named_secret = ["token", "password", "secret", "apikey", "api_key"]
@@ -410,7 +413,8 @@ pub(crate) async fn cancel(
         return Err(ApiError::Conflict("This task has ended.".into()));
     }
     let reason = format!("cancelled by {}", caller.name);
-    let task_base = BaseUrl::new(base.absolute(""), "");
+    // Its notices name it as its other ones do.
+    let task_base = BaseUrl::new(summary.base_url.clone(), "");
     if !state.runner.cancel(&task_id, &reason, &task_base).await? {
         return Err(ApiError::Conflict("This task has ended.".into()));
     }
@@ -429,7 +433,6 @@ pub(crate) async fn cancel(
 pub(crate) async fn retry(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
-    base: BaseUrl,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let summary = summary(&state, &task_id).await?;
@@ -446,9 +449,11 @@ pub(crate) async fn retry(
     })?;
     let live = super::plugins::ready_or_restarted(&state, &plugin).await?;
     let retry_of = Some(task_id.clone());
+    // Its URLs as the old task's were made.
+    let task_base = BaseUrl::new(summary.base_url.clone(), "");
     let new_id =
-        super::plugins::start_task(&state, &live, values, &base, Vec::new(), retry_of).await?;
-    let href = base.absolute(&format!("/tasks/{new_id}/"));
+        super::plugins::start_task(&state, &live, values, &task_base, Vec::new(), retry_of).await?;
+    let href = task_base.absolute(&format!("/tasks/{new_id}/"));
     tracing::info!(task = %new_id, retry_of = %task_id, by = %caller.name, "task retried by an operator");
     Ok((
         StatusCode::CREATED,
