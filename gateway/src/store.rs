@@ -274,7 +274,7 @@ const FENCED: &str = "owner = $13 AND ($14 < 0 OR attempts = $14) AND EXISTS \
                       (SELECT 1 FROM gateways g WHERE g.id = $13 AND g.expires_at > {now})";
 
 /// The attempt of [`Fence::operator`]: only an end carries it (see
-/// `Statements::end`), which then applies to any unfinished task.
+/// `Statements::cancel`), which then applies to any unfinished task.
 const OPERATOR: i64 = -2;
 
 /// Who may write a running task: the gateway whose lease runs its call, and
@@ -307,6 +307,8 @@ struct Statements {
     write: String,
     wait: String,
     end: String,
+    /// An operator's end ([`Fence::operator`]): any unfinished task.
+    cancel: String,
     begin_attempt: String,
     /// A new task, inserted only while its owner's lease is live.
     create: String,
@@ -346,8 +348,14 @@ impl Statements {
             // an operator ends a waiting task.
             end: format!(
                 "UPDATE tasks SET status = $16, finished_at = $8, {BATCH_COLUMNS} \
-                 WHERE id = $1 AND status = 'PENDING' AND ($14 = {OPERATOR} OR ({fence} \
-                 AND NOT EXISTS (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0))) \
+                 WHERE id = $1 AND status = 'PENDING' AND {fence} AND NOT EXISTS \
+                 (SELECT 1 FROM task_steps w WHERE w.task_id = $1 AND w.cleared = 0) \
+                 RETURNING plugin, created_at, event_count"
+            ),
+            // Running or waiting, whoever runs it; only with the operator's fence.
+            cancel: format!(
+                "UPDATE tasks SET status = $16, finished_at = $8, {BATCH_COLUMNS} \
+                 WHERE id = $1 AND status = 'PENDING' AND $13 = '' AND $14 = {OPERATOR} \
                  RETURNING plugin, created_at, event_count"
             ),
             create: format!(
@@ -1273,7 +1281,7 @@ impl Store {
         if self.postgres && batch.outputs.len() <= OUTPUTS_IN_ONE_STATEMENT {
             // One statement, one round trip: the outputs and notices are
             // inserted only if the update ended the task.
-            let sql = end_in_one_statement(&self.sql.end, batch.outputs.len(), notices);
+            let sql = end_in_one_statement(self.end_for(fence), batch.outputs.len(), notices);
             let mut update = batch
                 .update(sqlx::AssertSqlSafe(sql), id, fence, now)
                 .bind(status.as_str())
@@ -1290,7 +1298,7 @@ impl Store {
         }
         let mut transaction = self.pool.begin().await?;
         let update = batch
-            .update(sqlx::AssertSqlSafe(&*self.sql.end), id, fence, now)
+            .update(sqlx::AssertSqlSafe(self.end_for(fence)), id, fence, now)
             .bind(status.as_str());
         let Some(row) = update.fetch_optional(&mut *transaction).await? else {
             return Ok(None);
@@ -1301,6 +1309,15 @@ impl Store {
         self.commit_with_notices(transaction, id, notices, now)
             .await?;
         finished(row).map(Some)
+    }
+
+    /// The statement that ends a task under `fence`: a call's, or an operator's.
+    fn end_for(&self, fence: &Fence) -> &str {
+        if fence.attempt == OPERATOR {
+            &self.sql.cancel
+        } else {
+            &self.sql.end
+        }
     }
 
     /// Adopts up to `limit` calls whose gateway's lease expired (it died, or
