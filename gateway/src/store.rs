@@ -289,7 +289,7 @@ pub struct Fence {
 
 impl Fence {
     /// An operator's: ends any unfinished task, running or waiting, whoever
-    /// runs it (see [`FENCED`]).
+    /// runs it (the end statement `cancel`, not the fenced ones).
     pub fn operator() -> Self {
         Self {
             owner: "".into(),
