@@ -249,19 +249,7 @@ async fn a_cancelled_task_ends_with_who_cancelled_it_and_its_running_call_is_tol
         &["--jwt-secret-file", &database.secret_file(SECRET)],
     );
     corral.wait_for_plugins(&[ALPHA, BETA]).await;
-    let alice = {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600;
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &json!({"exp": exp, "sub": "alice", "roles": ["admin"]}),
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
-    };
+    let alice = common::token_with(SECRET, json!({"sub": "alice", "roles": ["admin"]}));
 
     // A running task: its plugin waits at the gate.
     let gate = Gate::start().await;

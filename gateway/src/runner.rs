@@ -698,47 +698,27 @@ impl Runner {
     /// Ends an unfinished task, running or waiting, wherever it runs: it ends
     /// `FAILURE` with `reason` at once, and its call (if it runs here) is
     /// cancelled, so its plugin sees the cancellation; a call on another
-    /// gateway stops at its next write. Whether this ended it (false: it had
-    /// ended already).
+    /// gateway stops as the end reaches it. Whether this ended it (false: it
+    /// had ended already). Not held while the database is away: the operator
+    /// is answered 503 and tries again.
     pub(crate) async fn cancel(
         &self,
         task_id: &str,
         reason: &str,
         base: &BaseUrl,
     ) -> Result<bool, StoreError> {
-        let mut pending = Pending::default();
-        pending.reason(reason);
-        pending.arrived(TaskEvent::status(TaskStatus::Failure.as_str()));
-        let (batch, events) = pending.take();
-        let task_url = base.absolute(&format!("/tasks/{task_id}/"));
-        let notices = Notices {
-            task_url: &task_url,
-            events: &[
-                WebhookEvent::Status.as_str(),
-                WebhookEvent::Details.as_str(),
-            ],
-        };
+        let status = TaskStatus::Failure;
+        let (batch, events, task_url) =
+            last_batch(task_id, status, Some(reason), base, Pending::default());
         let fence = crate::store::Fence::operator();
         let Some(record) = self
             .store
-            .finish(task_id, &fence, TaskStatus::Failure, &batch, notices)
+            .finish(task_id, &fence, status, &batch, end_notices(&task_url))
             .await?
         else {
             return Ok(false);
         };
-        let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
-        self.metrics.task_finished(
-            &self.directory.snapshot(),
-            &record.plugin,
-            TaskStatus::Failure.as_str(),
-            seconds,
-        );
-        if let Some(call) = self.lock_running().get(task_id) {
-            call.cancel.cancel();
-        }
-        tracing::info!(task = %task_id, %reason, "task cancelled");
-        self.live
-            .finish(task_id, numbered(events, record.event_count).collect());
+        self.ended(task_id, status, Some(reason), &record, events);
         Ok(true)
     }
 
@@ -938,21 +918,10 @@ impl Runner {
         status: TaskStatus,
         reason: Option<&str>,
         base: &BaseUrl,
-        mut pending: Pending,
+        pending: Pending,
     ) -> Result<(), StoreError> {
-        if let Some(reason) = reason {
-            pending.reason(reason);
-        }
-        pending.arrived(TaskEvent::status(status.as_str()));
-        let (batch, events) = pending.take();
-        let task_url = base.absolute(&format!("/tasks/{task_id}/"));
-        let notices = Notices {
-            task_url: &task_url,
-            events: &[
-                WebhookEvent::Status.as_str(),
-                WebhookEvent::Details.as_str(),
-            ],
-        };
+        let (batch, events, task_url) = last_batch(task_id, status, reason, base, pending);
+        let notices = end_notices(&task_url);
         let Some(record) = self
             .durably(claim, || {
                 self.store
@@ -962,6 +931,21 @@ impl Runner {
         else {
             return Ok(());
         };
+        self.ended(task_id, status, reason, &record, events);
+        Ok(())
+    }
+
+    /// What follows a task's end: its metrics, the stop of a runner still
+    /// streaming it (it was ended from outside), and its last events to its
+    /// followers here and elsewhere.
+    fn ended(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+        reason: Option<&str>,
+        record: &crate::store::Finished,
+        events: Vec<EncodedEvent>,
+    ) {
         let seconds = (record.finished_at - record.created_at) as f64 / 1000.0;
         self.metrics.task_finished(
             &self.directory.snapshot(),
@@ -969,14 +953,12 @@ impl Runner {
             status.as_str(),
             seconds,
         );
-        // A runner still streaming this task (it was ended from outside) stops.
         if let Some(call) = self.lock_running().get(task_id) {
             call.cancel.cancel();
         }
         tracing::info!(task = %task_id, status = status.as_str(), reason = reason.unwrap_or(""), "task finished");
         self.live
             .finish(task_id, numbered(events, record.event_count).collect());
-        Ok(())
     }
 
     /// A broken call: a crash of the plugin's process (with the supervisor's
@@ -1054,6 +1036,37 @@ impl Runner {
             .wait_for(|table| table.ready(plugin).is_some());
         tokio::time::timeout(limit, wait).await.ok()?;
         self.directory.snapshot().ready(plugin).cloned()
+    }
+}
+
+/// A task's last batch: `pending` with the reason (as a log line) and the
+/// final status event; the events for followers; the task's URL.
+fn last_batch(
+    task_id: &str,
+    status: TaskStatus,
+    reason: Option<&str>,
+    base: &BaseUrl,
+    mut pending: Pending,
+) -> (Batch, Vec<EncodedEvent>, String) {
+    if let Some(reason) = reason {
+        pending.reason(reason);
+    }
+    pending.arrived(TaskEvent::status(status.as_str()));
+    let (batch, events) = pending.take();
+    (batch, events, base.absolute(&format!("/tasks/{task_id}/")))
+}
+
+/// The webhook events a task's end notifies.
+const END_EVENTS: [&str; 2] = [
+    WebhookEvent::Status.as_str(),
+    WebhookEvent::Details.as_str(),
+];
+
+/// The notices a task's end writes.
+fn end_notices(task_url: &str) -> Notices<'_> {
+    Notices {
+        task_url,
+        events: &END_EVENTS,
     }
 }
 

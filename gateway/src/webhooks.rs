@@ -46,7 +46,7 @@ pub(crate) enum WebhookEvent {
 
 impl WebhookEvent {
     /// The `event` query value.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Status => "status",
             Self::Steps => "steps",

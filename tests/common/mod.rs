@@ -476,14 +476,20 @@ pub fn free_address() -> String {
 
 /// An HS256 token with `roles`, valid for ten minutes.
 pub fn token(secret: &str, roles: &[&str]) -> String {
+    token_with(secret, serde_json::json!({"roles": roles}))
+}
+
+/// An HS256 token with `claims` (an object), valid for ten minutes.
+pub fn token_with(secret: &str, mut claims: serde_json::Value) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 600;
+    claims["exp"] = serde_json::json!(exp);
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"exp": exp, "roles": roles}),
+        &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
